@@ -1,0 +1,192 @@
+"""The touchpoint event contract: decode raw bytes into an event or a reason it is invalid."""
+
+from __future__ import annotations
+
+from collections.abc import Container
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+import orjson
+
+MAX_ID_LENGTH = 256
+# Epoch milliseconds outside (2000-01-01, 2200-01-01) are almost surely seconds or micros.
+_MIN_EPOCH_MS = 946_684_800_000
+_MAX_EPOCH_MS = 7_258_118_400_000
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MS = timedelta(milliseconds=1)
+
+
+class Reason(StrEnum):
+    """Machine-readable reasons an event goes to the dead-letter topic."""
+
+    PAYLOAD_TOO_LARGE = "payload_too_large"
+    UNDECODABLE = "undecodable"
+    NOT_AN_OBJECT = "not_an_object"
+    MISSING_FIELD = "missing_field"
+    WRONG_TYPE = "wrong_type"
+    INVALID_CUSTOMER_ID = "invalid_customer_id"
+    UNKNOWN_TOUCHPOINT = "unknown_touchpoint"
+    NEGATIVE_VALUE = "negative_value"
+    INVALID_TIMESTAMP = "invalid_timestamp"
+    TIMESTAMP_IN_FUTURE = "timestamp_in_future"
+    TOO_LATE = "too_late"
+
+
+@dataclass(frozen=True, slots=True)
+class TouchpointEvent:
+    """One valid touchpoint: who did what, when (event time, epoch ms)."""
+
+    event_id: str
+    customer_id: str
+    touchpoint: str
+    ts_ms: int
+    channel: str | None = None
+    value: float | None = None
+    currency: str | None = None
+    properties: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Invalid:
+    """Why a payload is not a valid event, for the dead-letter topic."""
+
+    reason: Reason
+    detail: str
+
+
+def decode_event(
+    raw: bytes,
+    *,
+    touchpoints: Container[str],
+    now_ms: int,
+    max_payload_bytes: int = 16_384,
+    max_future_ms: int = 300_000,
+) -> TouchpointEvent | Invalid:
+    """Decode and validate one message value.
+
+    Parameters
+    ----------
+    raw
+        The message value as it came off the topic.
+    touchpoints
+        The touchpoints the journey knows.
+    now_ms
+        The current wall-clock time, to reject timestamps too far in the future.
+    max_payload_bytes
+        Larger payloads are rejected before decoding.
+    max_future_ms
+        How far ahead of ``now_ms`` an event time may be (clock skew allowance).
+
+    Returns
+    -------
+    TouchpointEvent | Invalid
+
+    Examples
+    --------
+    >>> decode_event(b'{"event_id":"e1","customer_id":"c1","touchpoint":"signup",'
+    ...              b'"timestamp":"2026-01-01T00:00:00Z"}', touchpoints={"signup"}, now_ms=1<<60)
+    TouchpointEvent(event_id='e1', customer_id='c1', touchpoint='signup', ts_ms=1767225600000, ...)
+    >>> decode_event(b'{"event_id":"e1"}', touchpoints={"signup"}, now_ms=0)
+    Invalid(reason=<Reason.MISSING_FIELD: 'missing_field'>, detail="missing required field 'customer_id'")
+    """
+    if len(raw) > max_payload_bytes:
+        return Invalid(Reason.PAYLOAD_TOO_LARGE, f"{len(raw)} bytes, limit is {max_payload_bytes}")
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        return Invalid(Reason.UNDECODABLE, f"not UTF-8 JSON: {exc}")
+    if not isinstance(doc, dict):
+        return Invalid(Reason.NOT_AN_OBJECT, f"expected a JSON object, got {type(doc).__name__}")
+
+    for name in ("event_id", "customer_id", "touchpoint", "timestamp"):
+        if name not in doc or doc[name] is None:
+            return Invalid(Reason.MISSING_FIELD, f"missing required field {name!r}")
+    event_id, customer_id, touchpoint = doc["event_id"], doc["customer_id"], doc["touchpoint"]
+    for name, field in (("event_id", event_id), ("customer_id", customer_id), ("touchpoint", touchpoint)):
+        if not isinstance(field, str):
+            return Invalid(Reason.WRONG_TYPE, f"{name} must be a string, got {type(field).__name__}")
+    if not event_id or len(event_id) > MAX_ID_LENGTH:
+        return Invalid(Reason.WRONG_TYPE, f"event_id must have 1 to {MAX_ID_LENGTH} characters")
+    problem = customer_id_problem(customer_id)
+    if problem:
+        return Invalid(Reason.INVALID_CUSTOMER_ID, problem)
+    if touchpoint not in touchpoints:
+        return Invalid(Reason.UNKNOWN_TOUCHPOINT, f"unknown touchpoint {touchpoint!r}")
+
+    ts_ms = parse_timestamp(doc["timestamp"])
+    if isinstance(ts_ms, Invalid):
+        return ts_ms
+    if ts_ms > now_ms + max_future_ms:
+        ahead = (ts_ms - now_ms) / 1000
+        return Invalid(Reason.TIMESTAMP_IN_FUTURE, f"event time is {ahead:.0f}s ahead of the worker's clock")
+
+    value = doc.get("value")
+    if value is not None:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return Invalid(Reason.WRONG_TYPE, f"value must be a number, got {type(value).__name__}")
+        if value < 0:
+            return Invalid(Reason.NEGATIVE_VALUE, f"value must be >= 0, got {value}")
+        value = float(value)
+    channel, currency, properties = doc.get("channel"), doc.get("currency"), doc.get("properties")
+    for name, field in (("channel", channel), ("currency", currency)):
+        if field is not None and not isinstance(field, str):
+            return Invalid(Reason.WRONG_TYPE, f"{name} must be a string, got {type(field).__name__}")
+    if properties is not None and not isinstance(properties, dict):
+        return Invalid(Reason.WRONG_TYPE, f"properties must be an object, got {type(properties).__name__}")
+    return TouchpointEvent(event_id, customer_id, touchpoint, ts_ms, channel, value, currency, properties)
+
+
+def customer_id_problem(customer_id: str) -> str | None:
+    """Say what is wrong with a customer id, or None if it is usable.
+
+    Braces are refused because the id becomes a Redis Cluster hash tag (``{id}``).
+
+    Examples
+    --------
+    >>> customer_id_problem("c-42") is None
+    True
+    >>> customer_id_problem("a{b}")
+    'customer_id must not contain { or }'
+    """
+    if not customer_id or len(customer_id) > MAX_ID_LENGTH:
+        return f"customer_id must have 1 to {MAX_ID_LENGTH} characters"
+    if "{" in customer_id or "}" in customer_id:
+        return "customer_id must not contain { or }"
+    if not customer_id.isprintable():
+        return "customer_id must not contain control characters"
+    return None
+
+
+def parse_timestamp(value: object) -> int | Invalid:
+    """Event time as epoch milliseconds, from ISO-8601 with a zone or epoch milliseconds.
+
+    Examples
+    --------
+    >>> parse_timestamp("2026-01-01T01:00:00+01:00")
+    1767225600000
+    >>> parse_timestamp(1767225600000)
+    1767225600000
+    >>> parse_timestamp("2026-01-01T00:00:00").reason
+    <Reason.INVALID_TIMESTAMP: 'invalid_timestamp'>
+    """
+    if isinstance(value, bool):
+        return Invalid(Reason.WRONG_TYPE, "timestamp must be an ISO-8601 string or epoch milliseconds")
+    if isinstance(value, int | float):
+        ms = int(value)
+        if not _MIN_EPOCH_MS <= ms <= _MAX_EPOCH_MS:
+            return Invalid(Reason.INVALID_TIMESTAMP, f"epoch milliseconds out of range: {value}")
+        return ms
+    if not isinstance(value, str):
+        return Invalid(Reason.WRONG_TYPE, "timestamp must be an ISO-8601 string or epoch milliseconds")
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return Invalid(Reason.INVALID_TIMESTAMP, f"not an ISO-8601 timestamp: {value[:64]!r}")
+    if parsed.tzinfo is None:
+        return Invalid(Reason.INVALID_TIMESTAMP, f"timestamp has no time zone: {value[:64]!r}")
+    ms = (parsed - _EPOCH) // _MS  # exact integer arithmetic, no float rounding
+    if not _MIN_EPOCH_MS <= ms <= _MAX_EPOCH_MS:
+        return Invalid(Reason.INVALID_TIMESTAMP, f"timestamp out of range: {value[:64]!r}")
+    return ms

@@ -1,0 +1,152 @@
+"""The Faust application: topics, the touchpoints agent and the worker's web views."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import faust
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from models.journey_map import JourneyMap
+from streams.journey_file import load_journey_map
+from streams.journey_store import RedisJourneyStore
+from streams.pipeline import BatchResult, DeadLetter, Limits, PipelineStats, SourceRecord, advance_journeys
+from streams.settings import Settings
+from streams.web import register_views
+
+log = logging.getLogger("journey.worker")
+
+# Redis being down must not lose events or crash the worker: the batch is retried
+# (it is idempotent) with a capped backoff, holding the partition, as Kafka Streams does.
+_RETRYABLE = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
+_MAX_BACKOFF_S = 5.0
+
+
+class KafkaDeadLetters:
+    """Dead letters to the DLQ topic: original key and bytes, reason and source in headers."""
+
+    def __init__(self, topic: faust.TopicT) -> None:
+        self.topic = topic
+
+    async def send(self, letters: Sequence[DeadLetter]) -> None:
+        pending = []
+        for letter in letters:
+            pending.append(
+                await self.topic.send(
+                    key=letter.record.key,
+                    value=letter.record.value,
+                    headers=letter.headers(),
+                    force=True,  # send now, not attached to the current event
+                )
+            )
+        # Wait for the broker's ack: the source offset is committed only after this returns.
+        await asyncio.gather(*pending)
+
+
+class Worker:
+    """Everything one worker process holds: settings, journey map, Redis, counters."""
+
+    def __init__(self, settings: Settings, journey: JourneyMap) -> None:
+        self.settings = settings
+        self.journey = journey
+        self.redis = Redis.from_url(settings.redis_url, socket_timeout=10, socket_connect_timeout=5)
+        self.store = RedisJourneyStore(
+            self.redis,
+            journey,
+            prefix=settings.redis_prefix,
+            dedupe_window_ms=int(settings.dedupe_window * 1000),
+            path_length=settings.path_length,
+        )
+        self.limits = Limits(settings.max_payload_bytes, int(settings.max_future_skew * 1000))
+        self.stats = PipelineStats()
+        self.started_at = time.time()
+
+    async def process(self, records: Sequence[SourceRecord], dead_letters: KafkaDeadLetters) -> BatchResult:
+        """Apply one batch, retrying on Redis outages until it succeeds."""
+        backoff = 0.1
+        while True:
+            try:
+                result = await advance_journeys(
+                    records,
+                    journey=self.journey,
+                    store=self.store,
+                    dead_letters=dead_letters,
+                    limits=self.limits,
+                    now_ms=int(time.time() * 1000),
+                )
+            except _RETRYABLE as exc:
+                self.stats.redis_errors += 1
+                log.warning("Redis unavailable (%s); retrying the batch in %.1fs", exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, _MAX_BACKOFF_S)
+            except RedisError:
+                log.exception("Redis refused the batch; retrying in %.1fs", _MAX_BACKOFF_S)
+                self.stats.redis_errors += 1
+                await asyncio.sleep(_MAX_BACKOFF_S)
+            else:
+                self.stats.record(len(records), result)
+                return result
+
+
+def create_app(settings: Settings, journey: JourneyMap | None = None) -> faust.App:
+    """Build the Faust app for these settings (loads and validates the journey map)."""
+    journey = journey or load_journey_map(settings.map)
+    app = faust.App(
+        settings.app_id,
+        broker=settings.broker_url,
+        store="memory://",
+        datadir=str(settings.home / "faust-data"),
+        web_enabled=True,
+        web_port=settings.web_port,
+        web_bind=settings.web_host,
+        web_host=settings.web_host,
+        topic_partitions=settings.topic_partitions,
+        topic_allow_declare=False,  # `journey worker` creates topics with their configs first
+        consumer_auto_offset_reset="earliest",
+        producer_acks=-1,
+    )
+    worker = Worker(settings, journey)
+    app.journey_worker = worker  # type: ignore[attr-defined]
+
+    touchpoints_topic = app.topic(
+        settings.touchpoints_topic, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
+    )
+    dlq_topic = app.topic(settings.dlq_topic, key_serializer="raw", value_serializer="raw")
+    dead_letters = KafkaDeadLetters(dlq_topic)
+
+    @app.agent(touchpoints_topic, name="advance_journeys")
+    async def advance_journeys_agent(stream: Any) -> None:
+        async for events in stream.take_events(settings.batch_size, within=settings.batch_within):
+            records = [
+                SourceRecord(
+                    key=e.message.key,
+                    value=e.message.value,
+                    topic=e.message.topic,
+                    partition=e.message.partition,
+                    offset=e.message.offset,
+                    timestamp_ms=int(e.message.timestamp * 1000) if e.message.timestamp else None,
+                )
+                for e in events
+            ]
+            await worker.process(records, dead_letters)
+
+    @app.on_after_configured.connect  # type: ignore[misc]
+    def _announce(app: faust.App, **kwargs: Any) -> None:  # noqa: ARG001
+        log.info(
+            "journey worker: %s -> Redis %s, map %s, web http://%s:%d",
+            settings.touchpoints_topic,
+            settings.redis_url,
+            settings.map,
+            settings.web_host,
+            settings.web_port,
+        )
+
+    register_views(app, worker)
+    return app

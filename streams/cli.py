@@ -1,0 +1,236 @@
+"""The ``journey`` command: local stack, worker, simulator, demo, map checks and lookups."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import random
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import orjson
+from kafka.errors import KafkaError
+from pydantic import ValidationError
+from redis.exceptions import RedisError
+
+from streams.journey_file import MapFileError, load_journey_map
+from streams.settings import Settings
+from streams.stack import StackError
+from streams.topics import TopicError
+
+
+class UserError(Exception):
+    """A mistake or a missing prerequisite the user can fix; printed without a traceback."""
+
+
+def _settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"JOURNEY_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}" for e in exc.errors()
+        )
+        raise UserError(f"invalid setting: {problems}") from None
+
+
+def cmd_stack(args: argparse.Namespace) -> int:
+    from streams import stack
+
+    settings = _settings()
+    action: Callable[..., list[stack.ServiceStatus]] = {"up": stack.up, "down": stack.down}.get(
+        args.action, lambda s, echo: stack.status(s)
+    )
+    statuses = action(settings, echo=lambda line: print(line, file=sys.stderr))
+    if args.json:
+        print(orjson.dumps([dataclasses.asdict(s) for s in statuses]).decode())
+    else:
+        for s in statuses:
+            state = "running" if s.running else "stopped"
+            pid = f"pid {s.pid}" if s.pid else "-"
+            print(f"{s.name:<6} {state:<8} {s.address:<22} {pid:<10} {s.detail}")
+    return 0 if args.action == "down" or all(s.running for s in statuses) else 1
+
+
+def check_redis(settings: Settings) -> None:
+    """Fail fast, with a hint, when Redis is not there (the worker would only retry)."""
+    import redis
+
+    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=3, socket_timeout=3)
+    try:
+        client.ping()
+    except RedisError as exc:
+        raise UserError(
+            f"cannot reach Redis at {settings.redis_url}: {exc}. "
+            "Start the local stack with `journey stack up` or set JOURNEY_REDIS_URL."
+        ) from None
+    finally:
+        client.close()
+
+
+def cmd_worker(args: argparse.Namespace) -> int:  # noqa: ARG001
+    from streams.app import create_app
+    from streams.topics import ensure_topics
+
+    settings = _settings()
+    journey = load_journey_map(settings.map)
+    check_redis(settings)
+    created = ensure_topics(settings)
+    if created:
+        print(f"created topics: {', '.join(created)}", file=sys.stderr)
+    app = create_app(settings, journey)
+    worker = app.Worker(loglevel="info")
+    worker.execute_from_commandline()
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    import time
+
+    from streams.simulate import publish, simulate
+    from streams.topics import ensure_topics
+
+    settings = _settings()
+    ensure_topics(settings)
+    seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1_000_000)
+    print(f"simulating {args.customers} customers (seed {seed}) -> {settings.touchpoints_topic}", file=sys.stderr)
+    _, records = simulate(args.customers, seed=seed, now_ms=int(time.time() * 1000), days=args.days)
+    summary = publish(
+        records,
+        bootstrap_servers=settings.bootstrap_servers,
+        topic=settings.touchpoints_topic,
+        rate=args.rate,
+        progress=not args.quiet,
+    )
+    kinds = ", ".join(f"{n} {k}" for k, n in sorted(summary.by_kind.items()))
+    print(f"sent {summary.sent} records in {summary.seconds:.1f}s ({summary.rate:.0f}/s): {kinds}", file=sys.stderr)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from streams.demo import run_demo
+
+    return run_demo(
+        _settings(),
+        customers=args.customers,
+        rate=args.rate,
+        seed=args.seed,
+        exit_when_drained=args.exit_when_drained,
+    )
+
+
+def cmd_map(args: argparse.Namespace) -> int:
+    path: Path = args.file or _settings().map
+    journey = load_journey_map(path)
+    if args.action == "check":
+        print(f"{path}: OK ({len(journey.stages)} stages, {len(journey.touchpoints)} touchpoints)")
+        return 0
+    for rank, stage in enumerate(journey.stages):
+        tps = [tp for tp, s in journey.touchpoints.items() if s == stage]
+        print(f"{rank + 1}. {stage:<14} {', '.join(tps)}")
+    return 0
+
+
+def cmd_customer(args: argparse.Namespace) -> int:
+    from redis.asyncio import Redis
+
+    from streams.journey_store import RedisJourneyStore
+    from streams.web import customer_body
+
+    settings = _settings()
+    journey = load_journey_map(settings.map)
+
+    async def lookup() -> dict[str, object] | None:
+        redis = Redis.from_url(settings.redis_url, socket_connect_timeout=3)
+        try:
+            store = RedisJourneyStore(
+                redis, journey, prefix=settings.redis_prefix, dedupe_window_ms=0, path_length=settings.path_length
+            )
+            state = await store.get(args.customer_id)
+            return customer_body(state) if state else None
+        finally:
+            await redis.aclose()
+
+    body = asyncio.run(lookup())
+    if body is None:
+        print(f"no customer {args.customer_id!r} in Redis at {settings.redis_url}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(orjson.dumps(body).decode())
+        return 0
+    width = max(len(k) for k in body)
+    for key, value in body.items():
+        shown = orjson.dumps(value).decode() if isinstance(value, dict | list) else value
+        print(f"{key:<{width}}  {shown}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="journey", description="Customer journey tracker: Kafka touchpoints -> journey state in Redis."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("stack", help="start, stop or inspect the local Kafka + Redis")
+    p.add_argument("action", choices=["up", "down", "status"])
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_stack)
+
+    p = sub.add_parser("worker", help="run the stream worker (Faust)")
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("simulate", help="publish realistic touchpoint traffic to Kafka")
+    p.add_argument("--customers", type=_positive_int, default=1000)
+    p.add_argument("--rate", type=float, default=2000.0, help="events per second (0 = as fast as possible)")
+    p.add_argument("--seed", type=int, default=None, help="random seed (default: a new one, printed)")
+    p.add_argument("--days", type=float, default=14.0, help="journeys start over the last N days")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser("demo", help="stack up, worker, simulator and a live summary (the main job)")
+    p.add_argument("--customers", type=_positive_int, default=20_000)
+    p.add_argument("--rate", type=float, default=5000.0, help="events per second offered")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--exit-when-drained", action="store_true", help="stop once every event is processed")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("map", help="check or show a journey map")
+    p.add_argument("action", choices=["check", "show"])
+    p.add_argument("file", nargs="?", type=Path, help="map file (default: JOURNEY_MAP or the built-in map)")
+    p.set_defaults(func=cmd_map)
+
+    p = sub.add_parser("customer", help="print one customer's journey state")
+    p.add_argument("customer_id")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_customer)
+    return parser
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (UserError, StackError, MapFileError, TopicError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2 if isinstance(exc, MapFileError | UserError) else 1
+    except (RedisError, KafkaError) as exc:
+        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print("Is the stack running? Try `journey stack status` / `journey stack up`.", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,150 @@
+"""The batch handler behind the touchpoints agent: decode, apply to journey state, dead-letter the rest."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from models.events import Invalid, Reason, TouchpointEvent, decode_event
+from models.journey import Outcome
+from models.journey_map import JourneyMap
+from streams.journey_store import JourneyStore
+
+
+@dataclass(frozen=True, slots=True)
+class SourceRecord:
+    """One message as it came off the touchpoints topic."""
+
+    key: bytes | None
+    value: bytes | None
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A record that could not be applied, and why."""
+
+    record: SourceRecord
+    reason: Reason
+    detail: str
+
+    def headers(self) -> list[tuple[str, bytes]]:
+        """Kafka headers carrying the reason and the source position (Kafka Connect's DLQ convention)."""
+        r = self.record
+        return [
+            ("journey.error.reason", self.reason.value.encode()),
+            ("journey.error.detail", self.detail.encode()),
+            ("journey.source.topic", r.topic.encode()),
+            ("journey.source.partition", str(r.partition).encode()),
+            ("journey.source.offset", str(r.offset).encode()),
+            ("journey.source.timestamp", str(r.timestamp_ms or "").encode()),
+        ]
+
+
+class DeadLetterSink(Protocol):
+    """Where dead letters go; must not return before they are durably written."""
+
+    async def send(self, letters: Sequence[DeadLetter]) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Validation limits from the settings."""
+
+    max_payload_bytes: int
+    max_future_ms: int
+
+
+@dataclass(slots=True)
+class BatchResult:
+    applied: int = 0
+    duplicates: int = 0
+    dead: list[DeadLetter] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class PipelineStats:
+    """Counters since the worker started, served at ``/worker/stats``."""
+
+    consumed: int = 0
+    applied: int = 0
+    duplicates: int = 0
+    batches: int = 0
+    last_batch_size: int = 0
+    redis_errors: int = 0
+    dead_letters: Counter[str] = field(default_factory=Counter)
+
+    def record(self, size: int, result: BatchResult) -> None:
+        self.consumed += size
+        self.applied += result.applied
+        self.duplicates += result.duplicates
+        self.batches += 1
+        self.last_batch_size = size
+        self.dead_letters.update(letter.reason.value for letter in result.dead)
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "consumed": self.consumed,
+            "applied": self.applied,
+            "duplicates": self.duplicates,
+            "dead_letters": sum(self.dead_letters.values()),
+            "dead_letters_by_reason": dict(self.dead_letters),
+            "batches": self.batches,
+            "last_batch_size": self.last_batch_size,
+            "redis_errors": self.redis_errors,
+        }
+
+
+async def advance_journeys(
+    records: Sequence[SourceRecord],
+    *,
+    journey: JourneyMap,
+    store: JourneyStore,
+    dead_letters: DeadLetterSink,
+    limits: Limits,
+    now_ms: int,
+) -> BatchResult:
+    """Apply a batch of raw records to journey state; every record is either applied,
+    recognised as a duplicate, or sent to the dead-letter sink with a reason."""
+    result = BatchResult()
+    events: list[TouchpointEvent] = []
+    sources: list[SourceRecord] = []
+    for record in records:
+        if record.value is None:
+            result.dead.append(DeadLetter(record, Reason.UNDECODABLE, "empty message (null value)"))
+            continue
+        decoded = decode_event(
+            record.value,
+            touchpoints=journey.touchpoints,
+            now_ms=now_ms,
+            max_payload_bytes=limits.max_payload_bytes,
+            max_future_ms=limits.max_future_ms,
+        )
+        if isinstance(decoded, Invalid):
+            result.dead.append(DeadLetter(record, decoded.reason, decoded.detail))
+        else:
+            events.append(decoded)
+            sources.append(record)
+
+    for event, record, outcome in zip(events, sources, await store.apply(events), strict=True):
+        if outcome is Outcome.APPLIED:
+            result.applied += 1
+        elif outcome is Outcome.DUPLICATE:
+            result.duplicates += 1
+        else:
+            result.dead.append(
+                DeadLetter(
+                    record,
+                    Reason.TOO_LATE,
+                    f"event time is older than the customer's last event minus the dedupe window; "
+                    f"it cannot be proven new (event {event.event_id!r})",
+                )
+            )
+    if result.dead:
+        await dead_letters.send(result.dead)
+    return result

@@ -1,0 +1,87 @@
+"""Every setting of the service, read once from ``JOURNEY_``-prefixed environment variables.
+
+Defaults point at what ``journey stack up`` starts, so ``journey stack up`` followed by
+``journey worker`` works with no configuration at all. Nothing else reads ``os.environ``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from models.durations import parse_duration
+
+DEFAULT_MAP = Path(__file__).with_name("default_journey.yaml")
+
+
+class Settings(BaseSettings):
+    """Configuration of the worker, the CLI and the local stack."""
+
+    model_config = SettingsConfigDict(env_prefix="JOURNEY_", extra="ignore")
+
+    # Where things run
+    kafka_bootstrap: str = "127.0.0.1:19092"
+    redis_url: str = "redis://127.0.0.1:16379/0"
+    web_host: str = "127.0.0.1"
+    web_port: int = 6066
+    home: Path = Field(default_factory=lambda: Path.home() / ".cache" / "journey-tracker")
+
+    # What the worker reads and writes
+    map: Path = DEFAULT_MAP
+    app_id: str = "journey-tracker"
+    touchpoints_topic: str = "touchpoints"
+    dlq_topic: str = "touchpoints-dlq"
+    alerts_topic: str = "journey-alerts"
+    topic_partitions: int = Field(default=4, ge=1)
+    redis_prefix: str = "jt:v1"
+
+    # How it processes
+    batch_size: int = Field(default=500, ge=1)
+    batch_within: float = 0.05
+    max_payload_bytes: int = Field(default=16_384, ge=64)
+    max_future_skew: float = 300.0
+    dedupe_window: float = 30 * 86400.0
+    path_length: int = Field(default=20, ge=1)
+
+    # The local stack (`journey stack up`)
+    kafka_version: str = "3.9.1"
+    kafka_heap: str = "512m"
+
+    @field_validator("batch_within", "max_future_skew", "dedupe_window", mode="before")
+    @classmethod
+    def _duration(cls, value: object) -> float:
+        if isinstance(value, str | int | float):
+            return parse_duration(value)
+        raise ValueError("expected a duration such as 90s, 15m, 2h or 3d")
+
+    @property
+    def kafka_host_port(self) -> tuple[str, int]:
+        """Host and port of the first bootstrap server."""
+        first = self.kafka_bootstrap.split(",")[0].strip()
+        first = first.removeprefix("kafka://")
+        host, _, port = first.rpartition(":")
+        return host or "127.0.0.1", int(port or 9092)
+
+    @property
+    def redis_host_port(self) -> tuple[str, int]:
+        parts = urlsplit(self.redis_url)
+        return parts.hostname or "127.0.0.1", parts.port or 6379
+
+    @property
+    def broker_url(self) -> str:
+        """The bootstrap servers in Faust's ``kafka://`` form."""
+        servers = [s.strip().removeprefix("kafka://") for s in self.kafka_bootstrap.split(",")]
+        return ";".join(f"kafka://{s}" for s in servers if s)
+
+    @property
+    def bootstrap_servers(self) -> list[str]:
+        """The bootstrap servers as kafka-python wants them."""
+        return [s.strip().removeprefix("kafka://") for s in self.kafka_bootstrap.split(",") if s.strip()]
+
+
+def load_settings() -> Settings:
+    """Read the settings from the environment."""
+    return Settings()

@@ -1,0 +1,86 @@
+"""HTTP views on the worker's web port: customer lookup, funnel, health and counters."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import faust
+from faust.web import Request, Response, View
+from redis.exceptions import RedisError
+
+from models.journey import JourneyState
+
+if TYPE_CHECKING:
+    from streams.app import Worker
+
+
+def iso(ms: int) -> str:
+    """Epoch milliseconds as ISO-8601 UTC with a ``Z``."""
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def customer_body(state: JourneyState) -> dict[str, Any]:
+    """The JSON a customer lookup returns."""
+    return {
+        "customer_id": state.customer_id,
+        "stage": state.stage,
+        "stage_since": iso(state.stage_since_ms),
+        "events": state.events,
+        "first_seen": iso(state.first_seen_ms),
+        "last_seen": iso(state.last_seen_ms),
+        "touchpoints": dict(sorted(state.touchpoints.items())),
+        "touchpoint_last_seen": {tp: iso(ms) for tp, ms in sorted(state.touchpoint_last_ms.items())},
+        "path": [{"touchpoint": tp, "at": iso(ms)} for ms, tp in state.path],
+        "channel": state.channel,
+    }
+
+
+async def _tcp_reachable(host: str, port: int, timeout: float = 2.0) -> bool:
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    return True
+
+
+def register_views(app: faust.App, worker: Worker) -> None:
+    """Attach the worker's HTTP views to the Faust app."""
+
+    @app.page("/customers/{customer_id}")
+    class CustomerView(View):
+        async def get(self, request: Request, customer_id: str) -> Response:  # noqa: ARG002
+            state = await worker.store.get(customer_id)
+            if state is None:
+                return self.json({"error": f"unknown customer {customer_id!r}"}, status=404)
+            return self.json(customer_body(state))
+
+    @app.page("/journey/funnel")
+    class FunnelView(View):
+        async def get(self, request: Request) -> Response:  # noqa: ARG002
+            counts = await worker.store.funnel()
+            return self.json({"stages": [{"stage": s, "customers": n} for s, n in counts.items()]})
+
+    @app.page("/healthz")
+    class HealthView(View):
+        async def get(self, request: Request) -> Response:  # noqa: ARG002
+            try:
+                redis_ok = bool(await asyncio.wait_for(worker.redis.ping(), 2.0))
+            except (RedisError, OSError, TimeoutError):
+                redis_ok = False
+            kafka_ok = await _tcp_reachable(*worker.settings.kafka_host_port)
+            ok = redis_ok and kafka_ok
+            body = {
+                "status": "ok" if ok else "degraded",
+                "kafka": {"reachable": kafka_ok, "bootstrap": worker.settings.kafka_bootstrap},
+                "redis": {"reachable": redis_ok},
+            }
+            return self.json(body, status=200 if ok else 503)
+
+    @app.page("/worker/stats")
+    class StatsView(View):
+        async def get(self, request: Request) -> Response:  # noqa: ARG002
+            return self.json({"uptime_seconds": round(time.time() - worker.started_at, 1), **worker.stats.as_dict()})

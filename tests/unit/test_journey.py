@@ -1,0 +1,96 @@
+"""Journey state: redelivered and out-of-order events give the state in-order delivery would."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from models.events import TouchpointEvent
+from models.journey import JourneyState, Outcome, advance
+from models.journey_map import JourneyMap
+
+JM = JourneyMap(
+    ("awareness", "consideration", "purchase"),
+    {"visit": "awareness", "signup": "consideration", "view": "consideration", "buy": "purchase"},
+)
+DAY = 86_400_000
+WINDOW = 30 * DAY
+
+
+def apply_all(events: list[TouchpointEvent], path_length: int = 4) -> tuple[JourneyState | None, list[Outcome]]:
+    state, outcomes = None, []
+    for e in events:
+        state, outcome = advance(state, e, JM, dedupe_window_ms=WINDOW, path_length=path_length)
+        outcomes.append(outcome)
+    return state, outcomes
+
+
+def ev(eid: str, tp: str, ts: int, channel: str | None = None) -> TouchpointEvent:
+    return TouchpointEvent(eid, "c1", tp, ts, channel)
+
+
+def test_a_customer_moves_forward_and_never_back():
+    state, _ = apply_all([ev("1", "visit", 1000), ev("2", "buy", 2000), ev("3", "view", 3000)])
+    assert state is not None
+    assert (state.stage, state.stage_since_ms) == ("purchase", 2000)
+    assert (state.first_seen_ms, state.last_seen_ms, state.events) == (1000, 3000, 3)
+    assert state.touchpoints == {"visit": 1, "buy": 1, "view": 1}
+
+
+def test_a_late_event_does_not_move_last_seen_back_but_is_counted():
+    state, outcomes = apply_all([ev("1", "buy", 5000), ev("2", "visit", 1000)])
+    assert outcomes == [Outcome.APPLIED, Outcome.APPLIED]
+    assert state is not None
+    assert (state.first_seen_ms, state.last_seen_ms, state.stage) == (1000, 5000, "purchase")
+    assert state.path == ((1000, "visit"), (5000, "buy"))
+
+
+def test_a_late_event_in_the_current_stage_moves_stage_since_back_to_when_it_was_reached():
+    state, _ = apply_all([ev("1", "signup", 5000), ev("2", "view", 3000)])
+    assert state is not None and state.stage_since_ms == 3000
+
+
+def test_redelivery_changes_nothing():
+    once, _ = apply_all([ev("1", "visit", 1000), ev("2", "buy", 2000)])
+    twice, outcomes = apply_all([ev("1", "visit", 1000), ev("2", "buy", 2000), ev("1", "visit", 1000)])
+    assert outcomes[-1] is Outcome.DUPLICATE
+    assert once == twice
+
+
+def test_events_older_than_the_dedupe_window_are_refused_not_double_counted():
+    state, outcomes = apply_all([ev("1", "visit", 0), ev("2", "buy", WINDOW + 10), ev("1", "visit", 0)])
+    assert outcomes == [Outcome.APPLIED, Outcome.APPLIED, Outcome.TOO_LATE]
+    assert state is not None and state.events == 2
+    assert "1" not in state.seen  # forgotten once out of the window: memory stays bounded
+
+
+def test_acquisition_channel_is_the_earliest_one():
+    state, _ = apply_all([ev("1", "visit", 5000, "email"), ev("2", "visit", 1000, "search"), ev("3", "buy", 9000)])
+    assert state is not None and (state.channel, state.channel_ms) == ("search", 1000)
+
+
+events_strategy = st.lists(
+    st.builds(
+        ev,
+        eid=st.text("abcdef", min_size=1, max_size=3),
+        tp=st.sampled_from(sorted(JM.touchpoints)),
+        ts=st.integers(0, 10 * DAY),
+        channel=st.one_of(st.none(), st.sampled_from(["email", "search"])),
+    ),
+    min_size=1,
+    max_size=25,
+    unique_by=lambda e: e.event_id,
+)
+
+
+@settings(max_examples=300)
+@given(events=events_strategy, data=st.data())
+def test_state_depends_on_the_set_of_events_not_their_order_or_redelivery(events, data):
+    shuffled = data.draw(st.permutations(events))
+    redelivered = data.draw(st.lists(st.sampled_from(events), max_size=10))
+    in_order, _ = apply_all(sorted(events, key=lambda e: e.ts_ms))
+    jumbled, outcomes = apply_all([*shuffled, *redelivered])
+    assert jumbled == in_order
+    assert outcomes.count(Outcome.APPLIED) == len(events)
+    assert jumbled is not None and jumbled.events == len(events)
+    assert len(jumbled.path) == min(4, len(events))

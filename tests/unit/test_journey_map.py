@@ -1,0 +1,59 @@
+"""Journey map files: the default one loads; broken ones are refused with the file, line and entry."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from models.journey_map import MapError, parse_journey_map
+from streams.journey_file import MapFileError, load_journey_map
+from streams.settings import DEFAULT_MAP
+
+
+def test_default_map_has_the_documented_touchpoints_in_their_stages():
+    journey = load_journey_map(DEFAULT_MAP)
+    assert journey.stages == ("awareness", "consideration", "purchase", "retention", "advocacy")
+    expected = {
+        "ad_click": "awareness", "site_visit": "awareness", "signup": "consideration",
+        "product_view": "consideration", "add_to_cart": "purchase", "checkout": "purchase",
+        "purchase": "purchase", "onboarding_complete": "retention", "upgrade": "retention",
+        "refund": "retention", "review": "advocacy",
+    }
+    assert dict(journey.touchpoints) == expected
+
+
+def test_a_bad_stage_reference_names_file_line_and_entry(tmp_path: Path):
+    f = tmp_path / "journey.yaml"
+    f.write_text("stages: [awareness, purchase]\ntouchpoints:\n  visit: {stage: awareness}\n  buy: {stage: buying}\n")
+    with pytest.raises(MapFileError) as err:
+        load_journey_map(f)
+    assert str(err.value) == (
+        f"{f}:4: touchpoints.buy.stage: unknown stage 'buying' (stages are: awareness, purchase)"
+    )
+
+
+def test_every_problem_is_reported_at_once(tmp_path: Path):
+    f = tmp_path / "journey.yaml"
+    f.write_text("stages: [a, a]\ntouchpoints:\n  x: 3\n  'y,z': {stage: a}\ncolour: blue\n")
+    with pytest.raises(MapFileError) as err:
+        load_journey_map(f)
+    lines = str(err.value).splitlines()
+    assert any(":1: stages[1]: stage 'a' is listed twice" in line for line in lines)
+    assert any(":3: touchpoints.x: must be a mapping with a 'stage'" in line for line in lines)
+    assert any(":4: touchpoints.y,z:" in line and "not a valid name" in line for line in lines)
+    assert any(":5: colour: unknown entry" in line for line in lines)
+
+
+def test_unreadable_and_non_yaml_files_are_clear_errors(tmp_path: Path):
+    with pytest.raises(MapFileError, match="cannot read the journey map"):
+        load_journey_map(tmp_path / "missing.yaml")
+    f = tmp_path / "broken.yaml"
+    f.write_text("stages: [a\n")
+    with pytest.raises(MapFileError, match=r"broken.yaml:\d+: not valid YAML"):
+        load_journey_map(f)
+
+
+def test_empty_document_is_refused():
+    with pytest.raises(MapError):
+        parse_journey_map(None)
