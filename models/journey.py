@@ -102,10 +102,11 @@ def advance(
             seen={event.event_id: ts},
         )
         return new, Outcome.APPLIED
-    if event.event_id in state.seen:
-        return state, Outcome.DUPLICATE
+    # Too old first: its id may already be forgotten, so whether it was seen is unknowable.
     if ts < state.last_seen_ms - dedupe_window_ms:
         return state, Outcome.TOO_LATE
+    if event.event_id in state.seen:
+        return state, Outcome.DUPLICATE
 
     rank, current = journey.rank(stage), journey.rank(state.stage)
     if rank > current:

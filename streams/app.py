@@ -98,6 +98,7 @@ class Worker:
 def create_app(settings: Settings, journey: JourneyMap | None = None) -> faust.App:
     """Build the Faust app for these settings (loads and validates the journey map)."""
     journey = journey or load_journey_map(settings.map)
+    (settings.home / "faust-data").mkdir(parents=True, exist_ok=True)
     app = faust.App(
         settings.app_id,
         broker=settings.broker_url,
@@ -108,7 +109,6 @@ def create_app(settings: Settings, journey: JourneyMap | None = None) -> faust.A
         web_bind=settings.web_host,
         web_host=settings.web_host,
         topic_partitions=settings.topic_partitions,
-        topic_allow_declare=False,  # `journey worker` creates topics with their configs first
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
     )

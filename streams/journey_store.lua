@@ -31,10 +31,12 @@ local applied = 0
 for i = 4, #ARGV, 6 do
   local eid, ts, tp = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2]
   local ev_stage, ev_rank, ev_channel = ARGV[i + 3], tonumber(ARGV[i + 4]), ARGV[i + 5]
-  if exists and redis.call('ZSCORE', seen, eid) then
-    codes[#codes + 1] = 0
-  elseif exists and ts < last - window then
+  -- Too old first: its id may already be forgotten, so whether it was seen is unknowable.
+  if exists and ts < last - window then
     codes[#codes + 1] = 2
+  elseif exists and (tonumber(redis.call('ZSCORE', seen, eid)) or -1) >= last - window then
+    -- (entries below the horizon are forgotten; they are pruned once, after the loop)
+    codes[#codes + 1] = 0
   else
     if not exists then
       exists = true

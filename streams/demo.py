@@ -1,0 +1,152 @@
+"""``journey demo``: the main job in one command — stack, topics, worker, simulator, live summary."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from typing import Any
+
+import orjson
+
+from streams import stack
+from streams.settings import Settings
+from streams.simulate import PublishSummary, publish, simulate
+from streams.topics import ensure_topics
+
+
+def _get(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - our own worker on loopback
+        return orjson.loads(response.read())
+
+
+def _start_worker(settings: Settings) -> tuple[subprocess.Popen[bytes], str]:
+    log_path = settings.home / "demo-worker.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "wb") as log:  # the child keeps its own copy of the descriptor
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "streams.cli", "worker"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=os.environ.copy(),
+        )
+    return proc, str(log_path)
+
+
+def _wait_healthy(base: str, proc: subprocess.Popen[bytes], log_path: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise stack.StackError(f"the worker exited with code {proc.returncode}; see {log_path}")
+        try:
+            if _get(f"{base}/healthz")["status"] == "ok":
+                return
+        except (OSError, urllib.error.URLError, ValueError):
+            pass
+        time.sleep(0.5)
+    raise stack.StackError(f"the worker did not become healthy within {timeout:.0f}s; see {log_path}")
+
+
+def _summary_line(stats: dict[str, Any], funnel: dict[str, Any], rate: float) -> str:
+    stages = " ".join(f"{s['stage']}={s['customers']}" for s in funnel["stages"])
+    return (
+        f"{rate:8.0f} ev/s | applied {stats['applied']:>8} | duplicates {stats['duplicates']:>6} | "
+        f"DLQ {stats['dead_letters']:>5} | {stages}"
+    )
+
+
+def run_demo(
+    settings: Settings,
+    *,
+    customers: int,
+    rate: float,
+    seed: int | None,
+    exit_when_drained: bool,
+) -> int:
+    """Run the whole pipeline on the local stack and print a live summary until drained or Ctrl-C."""
+    say = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
+    say("== starting the local stack (Kafka + Redis)")
+    stack.up(settings, echo=say)
+    created = ensure_topics(settings)
+    if created:
+        say(f"== created topics: {', '.join(created)}")
+    base = f"http://{settings.web_host}:{settings.web_port}"
+    say(f"== starting the worker (log: {settings.home / 'demo-worker.log'})")
+    proc, log_path = _start_worker(settings)
+    try:
+        _wait_healthy(base, proc, log_path)
+        seed = seed if seed is not None else random.SystemRandom().randrange(1_000_000)
+        truth, records = simulate(customers, seed=seed, now_ms=int(time.time() * 1000))
+        say(f"== simulating {customers} customers at {rate:.0f} events/s (seed {seed})")
+        outcome: dict[str, PublishSummary | BaseException] = {}
+        stop = threading.Event()
+
+        def feed() -> None:
+            try:
+                outcome["summary"] = publish(
+                    records,
+                    bootstrap_servers=settings.bootstrap_servers,
+                    topic=settings.touchpoints_topic,
+                    rate=rate,
+                    progress=False,
+                    stop=stop,
+                )
+            except BaseException as exc:  # reported below, in the main thread
+                outcome["error"] = exc
+
+        feeder = threading.Thread(target=feed, name="simulator", daemon=True)
+        feeder.start()
+        start = _get(f"{base}/worker/stats")
+        last_consumed, last_t, idle_since = start["consumed"], time.monotonic(), time.monotonic()
+        tty = sys.stdout.isatty()
+        while True:
+            time.sleep(1.0)
+            if proc.poll() is not None:
+                raise stack.StackError(f"the worker exited with code {proc.returncode}; see {log_path}")
+            stats, funnel = _get(f"{base}/worker/stats"), _get(f"{base}/journey/funnel")
+            now = time.monotonic()
+            ev_rate = (stats["consumed"] - last_consumed) / (now - last_t)
+            if stats["consumed"] != last_consumed:
+                idle_since = now
+            last_consumed, last_t = stats["consumed"], now
+            line = _summary_line(stats, funnel, ev_rate)
+            print(f"\r{line}" if tty else line, end="" if tty else "\n", flush=True)
+            if "error" in outcome:
+                raise outcome["error"]  # type: ignore[misc]
+            sent = outcome.get("summary")
+            drained = isinstance(sent, PublishSummary) and stats["consumed"] - start["consumed"] >= sent.sent
+            if drained or (sent is not None and now - idle_since > 10):
+                break
+        print()
+        assert isinstance(sent, PublishSummary)
+        say(
+            f"== done: {sent.sent} records published at {sent.rate:.0f}/s; worker applied {stats['applied']}, "
+            f"duplicates {stats['duplicates']}, dead letters {stats['dead_letters']} "
+            f"({', '.join(f'{k}={v}' for k, v in sorted(stats['dead_letters_by_reason'].items()))})"
+        )
+        example = next((c.customer_id for c in truth if c.touchpoints), "c000001")
+        say(f"== look a customer up: curl {base}/customers/{example}")
+        say(f"== funnel: curl {base}/journey/funnel   health: curl {base}/healthz")
+        if exit_when_drained:
+            return 0
+        say("== the worker keeps running; press Ctrl-C to stop it")
+        while proc.poll() is None:
+            time.sleep(1)
+        return proc.returncode or 0
+    except KeyboardInterrupt:
+        print()
+        return 0
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()

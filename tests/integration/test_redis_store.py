@@ -1,0 +1,103 @@
+"""The Redis Lua store against the reference model, on the real Redis: same state, same outcomes."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import uuid
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from redis.asyncio import Redis
+
+from models.events import TouchpointEvent
+from models.journey import Outcome
+from streams.journey_file import load_journey_map
+from streams.journey_store import InMemoryJourneyStore, RedisJourneyStore
+from streams.settings import DEFAULT_MAP, Settings
+
+JOURNEY = load_journey_map(DEFAULT_MAP)
+DAY = 86_400_000
+WINDOW = 5 * DAY
+T0 = 1_790_000_000_000
+
+
+def strip(state):
+    return dataclasses.replace(state, seen={}) if state else None
+
+
+events = st.lists(
+    st.builds(
+        TouchpointEvent,
+        event_id=st.text("0123456789abcdef", min_size=1, max_size=3),
+        customer_id=st.sampled_from(["ann", "ben", "cy"]),
+        touchpoint=st.sampled_from(sorted(JOURNEY.touchpoints)),
+        ts_ms=st.integers(T0, T0 + 8 * DAY),  # wider than the window: exercises too_late
+        channel=st.one_of(st.none(), st.sampled_from(["email", "search", "social"])),
+    ),
+    max_size=40,
+)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(batches=st.lists(events, min_size=1, max_size=4))
+def test_redis_store_agrees_with_the_reference_model(stack: Settings, batches):
+    async def run() -> None:
+        redis = Redis.from_url(stack.redis_url)
+        prefix = f"jt:test:{uuid.uuid4().hex[:8]}"
+        real = RedisJourneyStore(redis, JOURNEY, prefix=prefix, dedupe_window_ms=WINDOW, path_length=6)
+        model = InMemoryJourneyStore(JOURNEY, dedupe_window_ms=WINDOW, path_length=6)
+        try:
+            for batch in batches:
+                assert await real.apply(batch) == await model.apply(batch)
+            for cid in ("ann", "ben", "cy"):
+                assert strip(await real.get(cid)) == strip(await model.get(cid))
+            assert await real.funnel() == await model.funnel()
+        finally:
+            keys = [k async for k in redis.scan_iter(match=f"{prefix}:*")]
+            if keys:
+                await redis.delete(*keys)
+            await redis.aclose()
+
+    asyncio.run(run())
+
+
+async def test_dedupe_memory_stays_bounded_by_the_window(stack: Settings):
+    redis = Redis.from_url(stack.redis_url)
+    prefix = f"jt:test:{uuid.uuid4().hex[:8]}"
+    store = RedisJourneyStore(redis, JOURNEY, prefix=prefix, dedupe_window_ms=DAY, path_length=3)
+    try:
+        batch = [TouchpointEvent(f"e{i}", "dee", "site_visit", T0 + i * DAY // 4) for i in range(40)]
+        assert await store.apply(batch) == [Outcome.APPLIED] * 40
+        remembered = await redis.zcard(store.seen_key("dee"))
+        assert remembered == 5  # the last day (inclusive) of event ids, not all 40
+        assert await store.apply([batch[0]]) == [Outcome.TOO_LATE]
+        state = await store.get("dee")
+        assert state is not None and state.events == 40 and len(state.path) == 3
+    finally:
+        keys = [k async for k in redis.scan_iter(match=f"{prefix}:*")]
+        await redis.delete(*keys)
+        await redis.aclose()
+
+
+@pytest.mark.parametrize("customers", [1, 300])
+async def test_a_batch_costs_one_script_call_per_customer_not_per_event(stack: Settings, customers: int):
+    """Counted on the server: 600 events of N customers are N EVALSHA calls (sent as one pipeline)."""
+    redis = Redis.from_url(stack.redis_url)
+    prefix = f"jt:test:{uuid.uuid4().hex[:8]}"
+    store = RedisJourneyStore(redis, JOURNEY, prefix=prefix, dedupe_window_ms=DAY, path_length=3)
+
+    async def evalsha_calls() -> int:
+        return int((await redis.info("commandstats")).get("cmdstat_evalsha", {}).get("calls", 0))
+
+    try:
+        await store.apply([TouchpointEvent("warm", "w", "signup", T0)])  # loads the script
+        before = await evalsha_calls()
+        batch = [TouchpointEvent(f"e{i}", f"c{i % customers}", "signup", T0 + i) for i in range(600)]
+        assert await store.apply(batch) == [Outcome.APPLIED] * 600
+        assert await evalsha_calls() - before == customers
+    finally:
+        keys = [k async for k in redis.scan_iter(match=f"{prefix}:*")]
+        await redis.delete(*keys)
+        await redis.aclose()

@@ -1,0 +1,109 @@
+"""End to end through the real broker and Redis: what a producer sends is what a lookup shows."""
+
+from __future__ import annotations
+
+import time
+
+import orjson
+
+from tests.integration.conftest import WorkerProcess, wait_for
+
+HOUR = 3_600_000
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def ev(eid: str, cid: str, tp: str, ts: int, **extra: object) -> dict[str, object]:
+    return {"event_id": eid, "customer_id": cid, "touchpoint": tp, "timestamp": ts, **extra}
+
+
+def test_a_journey_published_to_kafka_is_the_state_served_from_redis(worker: WorkerProcess):
+    t0 = now_ms() - 48 * HOUR
+    worker.send(
+        ev("a1", "alice", "ad_click", t0, channel="social"),
+        ev("a2", "alice", "site_visit", t0 + HOUR),
+        ev("a3", "alice", "signup", t0 + 2 * HOUR),
+        ev("a4", "alice", "purchase", t0 + 3 * HOUR, value=49.5, currency="EUR"),
+    )
+    body = worker.wait_customer("alice", lambda c: c["events"] == 4)
+    assert body["stage"] == "purchase"
+    assert body["touchpoints"] == {"ad_click": 1, "site_visit": 1, "signup": 1, "purchase": 1}
+    assert body["first_seen"].endswith("Z") and body["last_seen"] > body["first_seen"]
+    assert [p["touchpoint"] for p in body["path"]] == ["ad_click", "site_visit", "signup", "purchase"]
+    assert body["channel"] == "social"
+
+
+def test_an_unknown_customer_is_404(worker: WorkerProcess):
+    status, body = worker.get("/customers/nobody-here")
+    assert status == 404 and "nobody-here" in body["error"]
+
+
+def test_duplicates_do_not_double_count(worker: WorkerProcess):
+    t0 = now_ms() - HOUR
+    first = ev("b1", "bob", "site_visit", t0)
+    second = ev("b2", "bob", "product_view", t0 + 1000)
+    worker.send(first, second, first, first)
+    worker.send(second, first)  # and again, in a later batch
+    worker.send(ev("b3", "bob", "add_to_cart", t0 + 2000))
+    body = worker.wait_customer("bob", lambda c: "add_to_cart" in c["touchpoints"])
+    assert body["events"] == 3
+    assert body["touchpoints"] == {"site_visit": 1, "product_view": 1, "add_to_cart": 1}
+
+
+def test_out_of_order_events_leave_correct_state(worker: WorkerProcess):
+    t0 = now_ms() - 10 * HOUR
+    worker.send(ev("c3", "carol", "review", t0 + 5 * HOUR))
+    worker.wait_customer("carol", lambda c: c["events"] == 1)
+    worker.send(ev("c1", "carol", "site_visit", t0), ev("c2", "carol", "purchase", t0 + HOUR))
+    body = worker.wait_customer("carol", lambda c: c["events"] == 3)
+    assert body["stage"] == "advocacy"  # never moves back to an earlier stage
+    assert body["last_seen"] == body["touchpoint_last_seen"]["review"]  # never moves back in time
+    assert body["first_seen"] == body["touchpoint_last_seen"]["site_visit"]
+    assert [p["touchpoint"] for p in body["path"]] == ["site_visit", "purchase", "review"]
+
+
+def test_malformed_events_go_to_the_dlq_with_a_reason_and_the_worker_keeps_going(worker: WorkerProcess):
+    t = now_ms()
+    bad = [
+        (b"\xff\xfe\x00 not utf-8", "undecodable"),
+        (b"{\"event_id\": ", "undecodable"),
+        (b"[1,2,3]", "not_an_object"),
+        (orjson.dumps({"customer_id": "dan", "touchpoint": "signup", "timestamp": t}), "missing_field"),
+        (orjson.dumps(ev("d1", "dan", "teleport", t)), "unknown_touchpoint"),
+        (orjson.dumps(ev("d2", "dan", "purchase", t, value=-5)), "negative_value"),
+        (orjson.dumps(ev("d3", "dan", "signup", t + 30 * 86_400_000)), "timestamp_in_future"),
+        (orjson.dumps(ev("d4", "dan", "signup", "last tuesday")), "invalid_timestamp"),
+        (orjson.dumps(ev("d5", "dan", "signup", t, properties={"blob": "x" * 20_000})), "payload_too_large"),
+    ]
+    for value, _ in bad:
+        worker.send(value, key=b"dan")
+    worker.send(ev("d6", "dan", "signup", t))  # a good one after all the bad ones
+
+    letters = worker.dead_letters(expected=len(bad))
+    assert [dict(m.headers)["journey.error.reason"].decode() for m in letters] == [r for _, r in bad]
+    assert [m.value for m in letters] == [v for v, _ in bad]  # original bytes, untouched
+    offsets = [int(dict(m.headers)["journey.source.offset"]) for m in letters]
+    assert offsets == sorted(offsets) and len(set(offsets)) == len(offsets)
+    assert all(dict(m.headers)["journey.source.topic"] == worker.settings.touchpoints_topic.encode() for m in letters)
+
+    body = worker.wait_customer("dan", lambda c: c["events"] == 1)
+    assert body["touchpoints"] == {"signup": 1}
+    assert worker.alive()
+    stats = wait_for(lambda: (s := worker.get("/worker/stats")[1]) and s["dead_letters"] >= len(bad) and s)
+    assert stats["dead_letters_by_reason"]["undecodable"] >= 2
+
+
+def test_funnel_counts_each_customer_once_in_their_current_stage(worker: WorkerProcess):
+    t0 = now_ms() - HOUR
+    worker.send(ev("f1", "fay", "site_visit", t0), ev("f2", "fay", "signup", t0 + 1), ev("f3", "fay", "upgrade", t0 + 2))
+    worker.wait_customer("fay", lambda c: c["events"] == 3)
+    _, funnel = worker.get("/journey/funnel")
+    counts = {s["stage"]: s["customers"] for s in funnel["stages"]}
+    assert list(counts) == ["awareness", "consideration", "purchase", "retention", "advocacy"]
+    assert counts["retention"] >= 1 and all(n >= 0 for n in counts.values())
+    # every customer this module created is counted exactly once
+    assert sum(counts.values()) == sum(
+        1 for cid in ("alice", "bob", "carol", "dan", "fay") if worker.customer(cid) is not None
+    )
