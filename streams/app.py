@@ -111,6 +111,7 @@ def create_app(settings: Settings, journey: JourneyMap | None = None) -> faust.A
         topic_partitions=settings.topic_partitions,
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
+        broker_commit_interval=settings.commit_interval,
     )
     worker = Worker(settings, journey)
     app.journey_worker = worker  # type: ignore[attr-defined]

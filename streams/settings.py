@@ -45,12 +45,13 @@ class Settings(BaseSettings):
     max_future_skew: float = 300.0
     dedupe_window: float = 30 * 86400.0
     path_length: int = Field(default=20, ge=1)
+    commit_interval: float = 2.8  # seconds between offset commits (Kafka Streams: commit.interval.ms)
 
     # The local stack (`journey stack up`)
     kafka_version: str = "3.9.1"
     kafka_heap: str = "512m"
 
-    @field_validator("batch_within", "max_future_skew", "dedupe_window", mode="before")
+    @field_validator("batch_within", "max_future_skew", "dedupe_window", "commit_interval", mode="before")
     @classmethod
     def _duration(cls, value: object) -> float:
         if isinstance(value, str | int | float):

@@ -1,0 +1,678 @@
+"""Realistic, reproducible touchpoint traffic for ``journey simulate``, and a paced Kafka publisher for it.
+
+Planted upsell rule (``upsell_signal=True``): a customer who completed onboarding upgrades with
+probability ``UPGRADE_P_TRAIT`` (30 %) if they viewed >= 3 products before their first purchase OR
+completed onboarding within 24 h of their first purchase, else ``UPGRADE_P_BASE`` (6 %); with
+``upsell_signal=False`` every onboarded customer upgrades with ``UPGRADE_P_FLAT`` (15 %), independent
+of everything. Both traits are visible in the events themselves, so a model can learn the rule.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+import random
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import orjson
+
+SECOND_MS = 1_000
+MINUTE_MS = 60 * SECOND_MS
+HOUR_MS = 60 * MINUTE_MS
+DAY_MS = 24 * HOUR_MS
+
+# Acquisition mix of a mid-sized web shop: search and social dominate, email is the owned list.
+CHANNELS = ("search", "social", "email", "display", "direct", "referral")
+CHANNEL_WEIGHTS = (0.30, 0.25, 0.12, 0.10, 0.15, 0.08)
+PAID_CHANNELS = frozenset({"search", "social", "display"})
+# Later sessions usually come back through the acquisition channel; otherwise mostly typed-in or newsletter.
+P_SAME_CHANNEL = 0.8
+RETURN_CHANNELS = ("direct", "email", "search")
+RETURN_CHANNEL_WEIGHTS = (0.5, 0.3, 0.2)
+
+# Paid traffic starts with a tracked ad click; a few clicks bounce before the landing page loads.
+P_AD_CLICK_PAID = 0.85
+P_LANDING_AFTER_CLICK = 0.9
+# Unpaid visitors occasionally click a retargeting ad on a later day.
+P_AD_CLICK_UNPAID = 0.1
+# Extra awareness visits (0, 1, 2) before the customer decides anything.
+EXTRA_VISIT_WEIGHTS = (0.65, 0.25, 0.10)
+
+# The funnel: probability of getting past each step (the rest go silent there).
+P_PAST_AWARENESS = 0.5  # half of all visitors never come back after browsing the landing pages
+P_TO_CART = 0.5  # of those who signed up and looked at products
+P_TO_CHECKOUT = 0.7  # cart abandonment ~30 %
+P_TO_PURCHASE = 0.85  # payment drop-off at checkout
+P_ONBOARD = 0.85  # buyers who finish setting up the subscription product
+P_REVIEW = 0.4  # onboarded customers who write a review (advocacy)
+# Products viewed in the consideration session(s): 1..5, most people look at one or two.
+PRODUCT_VIEW_WEIGHTS = (0.40, 0.28, 0.15, 0.10, 0.07)
+# Repeat buyers: share of onboarded customers, and how many more orders (1..4) they place.
+P_REPEAT = 0.35
+REPEAT_COUNT_WEIGHTS = (0.45, 0.30, 0.15, 0.10)
+# Refunds are rare; most are full, the rest partial (one item of the order sent back).
+P_REFUND = 0.06
+P_FULL_REFUND = 0.7
+
+# The planted upsell signal (see the module docstring).
+UPSELL_MIN_VIEWS = 3
+UPSELL_FAST_ONBOARDING_MS = DAY_MS
+UPGRADE_P_TRAIT = 0.30
+UPGRADE_P_BASE = 0.06
+UPGRADE_P_FLAT = 0.15  # about the blended rate of the planted rule, so totals look alike either way
+
+# Money: basket ~ lognormal around 60 EUR; upgrades are the annual plan, priced around 96 EUR.
+CURRENCY = "EUR"
+PURCHASE_MEDIAN, PURCHASE_SIGMA = 60.0, 0.5
+UPGRADE_MEDIAN, UPGRADE_SIGMA = 96.0, 0.25
+
+# Delays between steps as (median ms, lognormal sigma, min ms, max ms): minutes inside a session,
+# hours to days between sessions, days to weeks in retention.
+D_LANDING = (8 * SECOND_MS, 0.6, 1 * SECOND_MS, 2 * MINUTE_MS)
+D_RETURN_VISIT = (20 * HOUR_MS, 1.2, 30 * MINUTE_MS, 10 * DAY_MS)
+D_TO_CONSIDERATION = (3 * HOUR_MS, 1.6, 1 * MINUTE_MS, 14 * DAY_MS)
+D_IN_SESSION = (40 * SECOND_MS, 0.8, 2 * SECOND_MS, 10 * MINUTE_MS)
+D_VIEW = (2 * MINUTE_MS, 1.0, 5 * SECOND_MS, 40 * MINUTE_MS)
+D_SIGNUP = (3 * MINUTE_MS, 0.8, 20 * SECOND_MS, 30 * MINUTE_MS)
+D_TO_CART = (40 * MINUTE_MS, 2.0, 30 * SECOND_MS, 10 * DAY_MS)
+D_CHECKOUT = (5 * MINUTE_MS, 1.0, 10 * SECOND_MS, 2 * HOUR_MS)
+D_PAY = (90 * SECOND_MS, 0.6, 10 * SECOND_MS, 20 * MINUTE_MS)
+D_ONBOARD = (48 * HOUR_MS, 0.9, 10 * MINUTE_MS, 21 * DAY_MS)
+D_REPEAT = (8 * DAY_MS, 0.7, 1 * DAY_MS, 60 * DAY_MS)
+D_UPGRADE = (5 * DAY_MS, 0.8, 1 * HOUR_MS, 60 * DAY_MS)
+D_REFUND = (4 * DAY_MS, 0.6, 2 * HOUR_MS, 30 * DAY_MS)
+D_REVIEW = (7 * DAY_MS, 0.7, 1 * HOUR_MS, 60 * DAY_MS)
+# A gap this long between two client events starts a new session (analytics convention).
+SESSION_GAP_MS = 30 * MINUTE_MS
+
+# Faults: late records are offline-app syncs (minutes to hours); duplicates are client/producer
+# retries seconds to minutes after the original.
+D_LATE = (25 * MINUTE_MS, 1.2, 1 * MINUTE_MS, 8 * HOUR_MS)
+D_DUPLICATE = (20 * SECOND_MS, 1.5, 1 * SECOND_MS, 30 * MINUTE_MS)
+FUTURE_SKEW_MS = 30 * DAY_MS  # how far ahead the "clock is wrong" malformed records are
+OVERSIZED_BYTES = 24 * 1024  # larger than any sane payload limit (the worker's default is 16 KiB)
+
+# Who sends the event decides its timestamp format: browsers send toISOString() ("Z"), some
+# front-ends local time with an offset, the apps epoch milliseconds, the billing backend an offset.
+PLATFORMS = ("web", "ios", "android")
+PLATFORM_WEIGHTS = (0.6, 0.22, 0.18)
+BACKEND_TOUCHPOINTS = frozenset({"purchase", "upgrade", "refund"})
+_TS_ZULU, _TS_EPOCH, _TS_UTC, _TS_CET, _TS_CEST = range(5)
+WEB_TS_WEIGHTS = ((_TS_ZULU, _TS_CET, _TS_CEST), (0.85, 0.05, 0.10))
+APP_TS_WEIGHTS = ((_TS_EPOCH, _TS_ZULU), (0.9, 0.1))
+BACKEND_TS_WEIGHTS = ((_TS_UTC, _TS_CEST), (0.6, 0.4))
+_TS_OFFSET_MIN = {_TS_UTC: 0, _TS_CET: 60, _TS_CEST: 120}
+
+LANDING_PAGES = ("/", "/pricing", "/products", "/blog/sleep-better", "/sale", "/how-it-works")
+SIGNUP_METHODS = ("email", "google", "apple")
+UPGRADE_PLANS = ("annual", "pro")
+REFUND_REASONS = ("damaged", "not_as_described", "changed_mind", "late_delivery")
+CATALOG_SIZE = 400
+REVIEW_RATING_WEIGHTS = (0.05, 0.05, 0.12, 0.33, 0.45)  # 1..5 stars, reviews skew positive
+
+MALFORMED_KINDS = (
+    "not_utf8",
+    "not_json",
+    "json_array",
+    "missing_event_id",
+    "customer_id_number",
+    "unknown_touchpoint",
+    "negative_value",
+    "future_timestamp",
+    "bad_timestamp",
+    "oversized",
+)
+UNKNOWN_TOUCHPOINTS = ("teleport", "page_view", "Purchase", "add-to-cart")
+
+_EPOCH = datetime(1970, 1, 1)  # naive on purpose: isoformat() then has no suffix to strip
+
+
+@dataclass(frozen=True, slots=True)
+class SimRecord:
+    """One message as published: key, value bytes, what kind of record it is, and its event time."""
+
+    key: bytes
+    value: bytes
+    kind: str  # "event" | "duplicate" | "late" | "malformed"
+    event_time_ms: int  # for malformed records: when it was generated
+
+
+@dataclass(frozen=True, slots=True)
+class SimCustomer:
+    """Ground truth of one simulated customer, as published up to ``now_ms``."""
+
+    customer_id: str
+    touchpoints: tuple[tuple[str, int], ...]  # (touchpoint, event_time_ms), event-time order
+    dropped_after: str | None  # stage they went silent in; None if advocacy reached or still running
+    upgraded: bool
+
+
+@dataclass
+class PublishSummary:
+    """What ``publish`` did."""
+
+    sent: int
+    by_kind: dict[str, int]
+    seconds: float
+    rate: float  # achieved records/s
+
+
+class PublishError(RuntimeError):
+    """The records could not be delivered to Kafka."""
+
+
+@dataclass(slots=True)
+class _Plan:
+    """Every planned (published) event of every customer, as flat parallel lists (cheap to sort)."""
+
+    times: list[int]
+    customer: list[int]
+    touchpoint: list[str]
+    channel: list[str | None]
+    extra: list[tuple[float | None, dict[str, Any] | None] | None]
+
+
+def _delay(rng: random.Random, spec: tuple[float, float, int, int]) -> int:
+    median, sigma, low, high = spec
+    d = int(median * math.exp(sigma * rng.gauss(0.0, 1.0)))
+    return low if d < low else high if d > high else d
+
+
+def _money(rng: random.Random, median: float, sigma: float) -> float:
+    return round(median * math.exp(sigma * rng.gauss(0.0, 1.0)), 2)
+
+
+def _plan_customer(
+    rng: random.Random, idx: int, cid: str, start: int, now_ms: int, upsell_signal: bool, plan: _Plan
+) -> SimCustomer:
+    """Plan one journey from ``start``, append its events up to ``now_ms`` to ``plan``."""
+    choices, rand = rng.choices, rng.random
+    acq = choices(CHANNELS, CHANNEL_WEIGHTS)[0]
+    # (time, touchpoint, channel, value, properties)
+    ev: list[tuple[int, str, str | None, float | None, dict[str, Any] | None]] = []
+
+    def session_channel() -> str:
+        return acq if rand() < P_SAME_CHANNEL else choices(RETURN_CHANNELS, RETURN_CHANNEL_WEIGHTS)[0]
+
+    def new_session(t: int) -> tuple[int, str]:
+        """A site_visit opening a session at ``t``; returns when the next action happens and its channel."""
+        ch = session_channel()
+        ev.append((t, "site_visit", ch, None, None))
+        return t + _delay(rng, D_IN_SESSION), ch
+
+    # Awareness
+    t = start
+    if acq in PAID_CHANNELS and rand() < P_AD_CLICK_PAID:
+        ev.append((t, "ad_click", acq, None, {"campaign": f"{acq}-{rng.randrange(1, 13):02d}"}))
+        if rand() < P_LANDING_AFTER_CLICK:
+            t += _delay(rng, D_LANDING)
+            ev.append((t, "site_visit", acq, None, {"page": rng.choice(LANDING_PAGES)}))
+    else:
+        props = {"page": rng.choice(LANDING_PAGES)} if rand() < 0.6 else None
+        ev.append((t, "site_visit", acq, None, props))
+    for _ in range(choices((0, 1, 2), EXTRA_VISIT_WEIGHTS)[0]):
+        t += _delay(rng, D_RETURN_VISIT)
+        if acq not in PAID_CHANNELS and rand() < P_AD_CLICK_UNPAID:
+            ev.append((t, "ad_click", "display", None, {"campaign": "retargeting"}))
+            t += _delay(rng, D_LANDING)
+        ev.append((t, "site_visit", session_channel(), None, None))
+    dropped: str | None = "awareness"
+    upgraded_planned = False
+
+    if rand() < P_PAST_AWARENESS:
+        # Consideration: a new session with 1-5 product views, signing up somewhere along the way.
+        dropped = "consideration"
+        t, ch = new_session(t + _delay(rng, D_TO_CONSIDERATION))
+        n_views = choices((1, 2, 3, 4, 5), PRODUCT_VIEW_WEIGHTS)[0]
+        signup_at = rng.randrange(n_views + 1)
+        skus = []
+        for k in range(n_views + 1):
+            if k == signup_at:
+                t += _delay(rng, D_SIGNUP)
+                ev.append((t, "signup", ch, None, {"method": rng.choice(SIGNUP_METHODS)}))
+            if k < n_views:
+                t += _delay(rng, D_VIEW)
+                sku = f"SKU-{rng.randrange(CATALOG_SIZE):04d}"
+                skus.append(sku)
+                ev.append((t, "product_view", ch, None, {"sku": sku, "page": f"/products/{sku.lower()}"}))
+
+        if rand() < P_TO_CART:
+            dropped = "purchase"
+            gap = _delay(rng, D_TO_CART)
+            if gap >= SESSION_GAP_MS:
+                t, ch = new_session(t + gap)
+            else:
+                t += gap
+            items = 1 + (rand() < 0.3)
+            ev.append((t, "add_to_cart", ch, None, {"sku": rng.choice(skus), "qty": 1}))
+            if rand() < P_TO_CHECKOUT:
+                t += _delay(rng, D_CHECKOUT)
+                ev.append((t, "checkout", ch, None, {"items": items}))
+                if rand() < P_TO_PURCHASE:
+                    t += _delay(rng, D_PAY)
+                    first_purchase = t
+                    amount = _money(rng, PURCHASE_MEDIAN, PURCHASE_SIGMA)
+                    purchases = [(t, amount, f"o{idx:06d}-1")]
+                    ev.append((t, "purchase", ch, amount, {"order_id": purchases[0][2], "items": items}))
+
+                    if rand() < P_ONBOARD:
+                        dropped = "retention"
+                        t_on, ch = new_session(t + _delay(rng, D_ONBOARD))
+                        ev.append((t_on, "onboarding_complete", ch, None, None))
+                        trait = n_views >= UPSELL_MIN_VIEWS or t_on - first_purchase <= UPSELL_FAST_ONBOARDING_MS
+
+                        if rand() < P_REPEAT:
+                            tr = first_purchase
+                            for n in range(choices((1, 2, 3, 4), REPEAT_COUNT_WEIGHTS)[0]):
+                                tr += _delay(rng, D_REPEAT)
+                                ts, ch = new_session(tr)
+                                ev.append((ts, "add_to_cart", ch, None, {"sku": f"SKU-{rng.randrange(CATALOG_SIZE):04d}", "qty": 1}))
+                                ts += _delay(rng, D_CHECKOUT)
+                                ev.append((ts, "checkout", ch, None, {"items": 1}))
+                                ts += _delay(rng, D_PAY)
+                                amount = _money(rng, PURCHASE_MEDIAN, PURCHASE_SIGMA)
+                                order = f"o{idx:06d}-{n + 2}"
+                                purchases.append((ts, amount, order))
+                                ev.append((ts, "purchase", ch, amount, {"order_id": order, "items": 1}))
+
+                        if upsell_signal:
+                            p_upgrade = UPGRADE_P_TRAIT if trait else UPGRADE_P_BASE
+                        else:
+                            p_upgrade = UPGRADE_P_FLAT
+                        if rand() < p_upgrade:
+                            upgraded_planned = True
+                            tu = t_on + _delay(rng, D_UPGRADE)
+                            price = _money(rng, UPGRADE_MEDIAN, UPGRADE_SIGMA)
+                            ev.append((tu, "upgrade", None, price, {"plan": rng.choice(UPGRADE_PLANS)}))
+
+                        if rand() < P_REFUND:
+                            tp_, amount, order = rng.choice(purchases)
+                            part = 1.0 if rand() < P_FULL_REFUND else rng.uniform(0.2, 0.9)
+                            refund = math.floor(amount * part * 100) / 100  # floor: never above the order
+                            props = {"order_id": order, "reason": rng.choice(REFUND_REASONS)}
+                            ev.append((tp_ + _delay(rng, D_REFUND), "refund", None, refund, props))
+
+                        if rand() < P_REVIEW:
+                            dropped = None
+                            tv, ch = new_session(t_on + _delay(rng, D_REVIEW))
+                            rating = choices((1, 2, 3, 4, 5), REVIEW_RATING_WEIGHTS)[0]
+                            ev.append((tv, "review", ch, None, {"rating": rating}))
+    del upgraded_planned  # the ground truth is what was published, see SimCustomer
+
+    ev.sort(key=lambda e: e[0])
+    touchpoints: list[tuple[str, int]] = []
+    prev = -1
+    upgraded = False
+    cut = False
+    times, customer, tps, chans, extras = plan.times, plan.customer, plan.touchpoint, plan.channel, plan.extra
+    for t, tp, ch, value, props in ev:
+        if t <= prev:  # independent retention branches may land on the same millisecond
+            t = prev + 1
+        if t > now_ms:
+            cut = True
+            break
+        prev = t
+        touchpoints.append((tp, t))
+        upgraded = upgraded or tp == "upgrade"
+        times.append(t)
+        customer.append(idx)
+        tps.append(tp)
+        chans.append(ch)
+        extras.append(None if value is None and props is None else (value, props))
+    return SimCustomer(cid, tuple(touchpoints), None if cut else dropped, upgraded)
+
+
+def _timestamp(t_ms: int, fmt: int) -> str | int:
+    """Event time in the given wire format (exact to the millisecond)."""
+    if fmt == _TS_EPOCH:
+        return t_ms
+    if fmt == _TS_ZULU:
+        s, ms = divmod(t_ms, 1000)
+        return f"{(_EPOCH + timedelta(seconds=s)).isoformat()}.{ms:03d}Z"
+    offset = _TS_OFFSET_MIN[fmt]
+    s, ms = divmod(t_ms + offset * MINUTE_MS, 1000)
+    return f"{(_EPOCH + timedelta(seconds=s)).isoformat()}.{ms:03d}+{offset // 60:02d}:{offset % 60:02d}"
+
+
+def _event_id(rng: random.Random) -> str:
+    """A version-4-shaped UUID from the seeded generator (uuid.UUID() is several times slower)."""
+    h = f"{rng.getrandbits(128):032x}"
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{'89ab'[int(h[16], 16) & 3]}{h[17:20]}-{h[20:]}"
+
+
+def _malformed(kind: str, doc: dict[str, Any], rng: random.Random, now_ms: int, t_ms: int) -> bytes:
+    """A realistic but invalid payload derived from a valid event ``doc``."""
+    bad = dict(doc)
+    if kind == "not_utf8":
+        # A legacy client encoding its JSON text as Latin-1.
+        bad["properties"] = {"page": "/produkte/grüner-tee", "city": "Zürich"}
+        return orjson.dumps(bad).decode("utf-8").encode("latin-1")
+    if kind == "not_json":
+        raw = orjson.dumps(bad)
+        if rand_bool(rng):
+            return raw[: len(raw) // 2]  # a body cut off mid-write
+        return f"event_id={bad['event_id']}&customer_id={bad['customer_id']}&touchpoint={bad['touchpoint']}".encode()
+    if kind == "json_array":
+        return orjson.dumps([bad])  # a batch endpoint's body forwarded as one message
+    if kind == "missing_event_id":
+        del bad["event_id"]
+    elif kind == "customer_id_number":
+        bad["customer_id"] = int(str(bad["customer_id"]).lstrip("c") or 0)
+    elif kind == "unknown_touchpoint":
+        bad["touchpoint"] = rng.choice(UNKNOWN_TOUCHPOINTS)
+    elif kind == "negative_value":
+        # Refunds sent as negative amounts: the classic sign bug.
+        bad["touchpoint"] = "refund"
+        bad["value"] = -round(abs(bad.get("value") or _money(rng, PURCHASE_MEDIAN, PURCHASE_SIGMA)), 2) or -1.0
+        bad["currency"] = CURRENCY
+    elif kind == "future_timestamp":
+        bad["timestamp"] = _timestamp(now_ms + FUTURE_SKEW_MS, _TS_ZULU)
+    elif kind == "bad_timestamp":
+        when = _EPOCH + timedelta(milliseconds=t_ms)
+        bad["timestamp"] = rng.choice(
+            (
+                when.strftime("%d/%m/%Y %H:%M:%S"),  # locale formatting
+                when.isoformat(timespec="seconds"),  # local time without a zone
+                t_ms // 1000 if t_ms >= 1000 else "yesterday",  # epoch seconds, not milliseconds
+                "yesterday",
+            )
+        )
+    elif kind == "oversized":
+        # A client that attaches a DOM snapshot for debugging.
+        chunk = '<div class="product-tile"><img src="/img/p.webp"><span>Add to cart</span></div>'
+        bad["properties"] = {"dom_snapshot": chunk * (OVERSIZED_BYTES // len(chunk) + 1)}
+    return orjson.dumps(bad)
+
+
+def rand_bool(rng: random.Random) -> bool:
+    return rng.random() < 0.5
+
+
+def simulate(
+    customers: int,
+    *,
+    seed: int,
+    now_ms: int,
+    days: float = 14.0,
+    duplicate_share: float = 0.01,
+    late_share: float = 0.02,
+    malformed_share: float = 0.005,
+    upsell_signal: bool = True,
+) -> tuple[list[SimCustomer], Iterator[SimRecord]]:
+    """Plan ``customers`` journeys and return their ground truth and the records to publish.
+
+    Parameters
+    ----------
+    customers
+        How many customers; journeys start uniformly over ``[now_ms - days, now_ms]``.
+    seed, now_ms
+        The same pair gives the same customers and byte-identical records.
+    days
+        How far back the first journeys start.
+    duplicate_share, late_share, malformed_share
+        Expected shares of all published records that are exact re-sends, out-of-order late
+        arrivals, and invalid payloads.
+    upsell_signal
+        Plant the upsell rule described in the module docstring.
+
+    Returns
+    -------
+    tuple[list[SimCustomer], Iterator[SimRecord]]
+        The customers (planned eagerly) and the records in publish order (generated lazily).
+    """
+    if customers < 0:
+        raise ValueError("customers must be >= 0")
+    if days <= 0:
+        raise ValueError("days must be > 0")
+    for name, share in (("duplicate_share", duplicate_share), ("late_share", late_share),
+                        ("malformed_share", malformed_share)):
+        if not 0.0 <= share < 1.0:
+            raise ValueError(f"{name} must be in [0, 1)")
+    valid_share = 1.0 - duplicate_share - malformed_share
+    if valid_share <= 0 or late_share > valid_share:
+        raise ValueError("duplicate_share + malformed_share + late_share leave no room for plain events")
+
+    rng = random.Random(seed)
+    stream_seed = rng.getrandbits(64)  # the publish-order pass has its own generator
+    span = max(1, int(days * DAY_MS))
+    plan = _Plan([], [], [], [], [])
+    platforms: list[int] = []
+    truth = []
+    width = max(6, len(str(max(customers - 1, 0))))
+    for idx in range(customers):
+        cid = f"c{idx:0{width}d}"
+        start = now_ms - span + rng.randrange(span + 1)
+        platforms.append(rng.choices((0, 1, 2), PLATFORM_WEIGHTS)[0])
+        truth.append(_plan_customer(rng, idx, cid, start, now_ms, upsell_signal, plan))
+
+    # Shares are of all records: per valid event, the chance of an extra duplicate / malformed one.
+    p_dup = duplicate_share / valid_share
+    p_mal = malformed_share / valid_share
+    p_late = late_share / valid_share
+    records = _records(
+        plan, platforms, width, random.Random(stream_seed), now_ms, p_dup=p_dup, p_mal=p_mal, p_late=p_late
+    )
+    return truth, records
+
+
+def _records(
+    plan: _Plan, platforms: list[int], width: int, rng: random.Random, now_ms: int, *,
+    p_dup: float, p_mal: float, p_late: float,
+) -> Iterator[SimRecord]:
+    """Serialise the plan in publish order, with late, duplicate and malformed records mixed in."""
+    n = len(plan.times)
+    shift = max(n, 1).bit_length()
+    mask = (1 << shift) - 1
+    # One int per event (time, then index) sorts several times faster than tuples.
+    order = [(t << shift) | i for i, t in enumerate(plan.times)]
+    order.sort()
+    times, customer, tps, chans, extras = plan.times, plan.customer, plan.touchpoint, plan.channel, plan.extra
+    del plan
+
+    rand, choices, dumps = rng.random, rng.choices, orjson.dumps
+    formats = (WEB_TS_WEIGHTS, APP_TS_WEIGHTS, APP_TS_WEIGHTS)
+    pending: list[tuple[int, int, SimRecord]] = []  # (release at stream time, tie-break, record)
+    tie = itertools.count()
+    mal_next = rng.randrange(len(MALFORMED_KINDS))  # cycle through the kinds from a seeded start
+    max_valid = -1  # highest event time of a valid record published so far
+
+    def release(rec: SimRecord) -> SimRecord:
+        nonlocal max_valid
+        if rec.kind == "late" and rec.event_time_ms >= max_valid:
+            rec = SimRecord(rec.key, rec.value, "event", rec.event_time_ms)  # nothing newer got out first
+        if rec.event_time_ms > max_valid:
+            max_valid = rec.event_time_ms
+        return rec
+
+    for k in order:
+        i = k & mask
+        t = k >> shift
+        c = customer[i]
+        cid = f"c{c:0{width}d}"
+        key = cid.encode()
+        tp = tps[i]
+        fmt_choices = BACKEND_TS_WEIGHTS if tp in BACKEND_TOUCHPOINTS else formats[platforms[c]]
+        doc: dict[str, Any] = {
+            "event_id": _event_id(rng),
+            "customer_id": cid,
+            "touchpoint": tp,
+            "timestamp": _timestamp(t, choices(*fmt_choices)[0]),
+        }
+        ch = chans[i]
+        if ch is not None:
+            doc["channel"] = ch
+        extra = extras[i]
+        if extra is not None:
+            value, props = extra
+            if value is not None:
+                doc["value"] = value
+                doc["currency"] = CURRENCY
+            if props is not None:
+                doc["properties"] = props
+
+        if p_mal and rand() < p_mal:
+            kind = MALFORMED_KINDS[mal_next % len(MALFORMED_KINDS)]
+            mal_next += 1
+            bad = dict(doc, event_id=_event_id(rng))
+            yield SimRecord(key, _malformed(kind, bad, rng, now_ms, t), "malformed", t)
+
+        rec = SimRecord(key, dumps(doc), "event", t)
+        if p_late and rand() < p_late:
+            heapq.heappush(pending, (t + _delay(rng, D_LATE), next(tie), SimRecord(key, rec.value, "late", t)))
+        else:
+            yield release(rec)
+            if p_dup and rand() < p_dup:
+                heapq.heappush(pending, (t + _delay(rng, D_DUPLICATE), next(tie), SimRecord(key, rec.value, "duplicate", t)))
+
+        # Held-back records go out once the stream has moved past their release time.
+        while pending and pending[0][0] <= t:
+            out = release(heapq.heappop(pending)[2])
+            yield out
+            if out.kind == "late" and p_dup and rand() < p_dup:
+                heapq.heappush(pending, (t + _delay(rng, D_DUPLICATE), next(tie),
+                                         SimRecord(out.key, out.value, "duplicate", out.event_time_ms)))
+    while pending:
+        yield release(heapq.heappop(pending)[2])
+
+
+class _Progress:
+    """A one-line bar on a TTY, periodic plain lines otherwise, nothing when disabled."""
+
+    def __init__(self, total: int | None, enabled: bool) -> None:
+        self.total = total
+        self.enabled = enabled
+        self.tty = enabled and sys.stderr.isatty()
+        self.every = 0.1 if self.tty else 2.0
+        self.last = 0.0
+
+    def line(self, sent: int, elapsed: float) -> str:
+        rate = sent / elapsed if elapsed > 0 else 0.0
+        if self.total:
+            share = min(sent / self.total, 1.0)
+            if self.tty:
+                bar = "#" * int(share * 30)
+                return f"[{bar:<30}] {sent}/{self.total} {share:4.0%} ({rate:.0f} ev/s)"
+            return f"sent {sent}/{self.total} ({rate:.0f} ev/s)"
+        return f"sent {sent} ({rate:.0f} ev/s)"
+
+    def update(self, sent: int, elapsed: float) -> None:
+        if not self.enabled or elapsed - self.last < self.every:
+            return
+        self.last = elapsed
+        self.write(self.line(sent, elapsed))
+
+    def write(self, text: str) -> None:
+        if self.tty:
+            sys.stderr.write(f"\r\x1b[K{text}")
+        else:
+            sys.stderr.write(f"{text}\n")
+        sys.stderr.flush()
+
+    def finish(self, sent: int, elapsed: float) -> None:
+        if self.enabled:
+            self.write(self.line(sent, elapsed))
+            if self.tty:
+                sys.stderr.write("\n")
+                sys.stderr.flush()
+
+
+# Pacing granularity: each chunk is ~10 ms of traffic, so sleeps are few but the rate stays smooth.
+CHUNK_SECONDS = 0.01
+MAX_CHUNK = 1000
+# A stalled producer may catch up by at most this much burst before the schedule resets.
+MAX_BURST_SECONDS = 0.5
+FLUSH_TIMEOUT_S = 120.0
+MAX_BLOCK_MS = 30_000
+
+
+def publish(
+    records: Iterable[SimRecord],
+    *,
+    bootstrap_servers: list[str],
+    topic: str,
+    rate: float | None,
+    total: int | None = None,
+    progress: bool = True,
+    stop: threading.Event | None = None,
+) -> PublishSummary:
+    """Send ``records`` to ``topic`` (key = customer id) at ``rate`` records/s (None or 0: unpaced).
+
+    Raises
+    ------
+    PublishError
+        When no broker is reachable, the topic cannot be written, or any record was not acknowledged.
+    """
+    from kafka import KafkaProducer
+    from kafka.errors import KafkaError, NoBrokersAvailable
+
+    servers = ", ".join(bootstrap_servers)
+    try:
+        producer = KafkaProducer(
+            bootstrap_servers=bootstrap_servers,
+            client_id="journey-simulate",
+            acks="all",  # keeps the idempotent producer on: retries never add duplicates we did not plan
+            linger_ms=5,
+            compression_type=None,
+            max_block_ms=MAX_BLOCK_MS,
+            max_request_size=1 << 20,
+        )
+    except NoBrokersAvailable as exc:
+        raise PublishError(f"no Kafka broker reachable at {servers}") from exc
+    except KafkaError as exc:
+        raise PublishError(f"cannot connect a Kafka producer to {servers}: {exc}") from exc
+
+    errors: list[BaseException] = []
+    by_kind: Counter[str] = Counter()
+    sent = 0
+    paced = bool(rate and rate > 0)
+    chunk = max(1, min(MAX_CHUNK, int(rate * CHUNK_SECONDS))) if paced else MAX_CHUNK
+    bar = _Progress(total, progress)
+    started = time.monotonic()
+    schedule = started  # when the records sent so far are due, under the rate
+    it = iter(records)
+
+    def failed() -> PublishError:
+        return PublishError(f"Kafka did not accept a record for topic {topic!r} at {servers}: {errors[0]!r}")
+
+    try:
+        try:
+            while not (stop is not None and stop.is_set()):
+                if errors:
+                    raise failed()
+                batch = list(itertools.islice(it, chunk))
+                if not batch:
+                    break
+                for rec in batch:
+                    producer.send(topic, value=rec.value, key=rec.key).add_errback(errors.append)
+                    by_kind[rec.kind] += 1
+                sent += len(batch)
+                now = time.monotonic()
+                if paced:
+                    assert rate is not None
+                    schedule = max(schedule, now - MAX_BURST_SECONDS) + len(batch) / rate
+                    ahead = schedule - now
+                    if ahead > 0:
+                        if stop is not None:
+                            stop.wait(ahead)
+                        else:
+                            time.sleep(ahead)
+                bar.update(sent, time.monotonic() - started)
+            producer.flush(timeout=FLUSH_TIMEOUT_S)
+        except KafkaError as exc:
+            raise PublishError(f"publishing to {topic!r} at {servers} failed: {exc!r}") from exc
+        finally:
+            producer.close(timeout=5)
+    finally:
+        elapsed = time.monotonic() - started
+        bar.finish(sent, elapsed)
+    if errors:
+        raise failed()
+    return PublishSummary(sent, dict(by_kind), elapsed, sent / elapsed if elapsed > 0 else 0.0)
