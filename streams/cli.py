@@ -22,7 +22,11 @@ from streams.topics import TopicError
 
 
 class UserError(Exception):
-    """A mistake or a missing prerequisite the user can fix; printed without a traceback."""
+    """A mistake in the command line or the configuration; printed without a traceback (exit 2)."""
+
+
+class Unavailable(Exception):
+    """A service the command needs is not there; printed with what to do next (exit 1)."""
 
 
 def _settings() -> Settings:
@@ -61,8 +65,8 @@ def check_redis(settings: Settings) -> None:
     try:
         client.ping()
     except RedisError as exc:
-        raise UserError(
-            f"cannot reach Redis at {settings.redis_url}: {exc}. "
+        raise Unavailable(
+            f"cannot reach Redis at {settings.redis_url}: {str(exc).rstrip('.')}. "
             "Start the local stack with `journey stack up` or set JOURNEY_REDIS_URL."
         ) from None
     finally:
@@ -221,9 +225,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (UserError, StackError, MapFileError, TopicError) as exc:
+    except (UserError, MapFileError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2 if isinstance(exc, MapFileError | UserError) else 1
+        return 2
+    except (Unavailable, StackError, TopicError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except (RedisError, KafkaError) as exc:
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
         print("Is the stack running? Try `journey stack status` / `journey stack up`.", file=sys.stderr)

@@ -225,7 +225,6 @@ def _plan_customer(
             t += _delay(rng, D_LANDING)
         ev.append((t, "site_visit", session_channel(), None, None))
     dropped: str | None = "awareness"
-    upgraded_planned = False
 
     if rand() < P_PAST_AWARENESS:
         # Consideration: a new session with 1-5 product views, signing up somewhere along the way.
@@ -288,7 +287,6 @@ def _plan_customer(
                         else:
                             p_upgrade = UPGRADE_P_FLAT
                         if rand() < p_upgrade:
-                            upgraded_planned = True
                             tu = t_on + _delay(rng, D_UPGRADE)
                             price = _money(rng, UPGRADE_MEDIAN, UPGRADE_SIGMA)
                             ev.append((tu, "upgrade", None, price, {"plan": rng.choice(UPGRADE_PLANS)}))
@@ -305,8 +303,6 @@ def _plan_customer(
                             tv, ch = new_session(t_on + _delay(rng, D_REVIEW))
                             rating = choices((1, 2, 3, 4, 5), REVIEW_RATING_WEIGHTS)[0]
                             ev.append((tv, "review", ch, None, {"rating": rating}))
-    del upgraded_planned  # the ground truth is what was published, see SimCustomer
-
     ev.sort(key=lambda e: e[0])
     touchpoints: list[tuple[str, int]] = []
     prev = -1
@@ -357,7 +353,7 @@ def _malformed(kind: str, doc: dict[str, Any], rng: random.Random, now_ms: int, 
         return orjson.dumps(bad).decode("utf-8").encode("latin-1")
     if kind == "not_json":
         raw = orjson.dumps(bad)
-        if rand_bool(rng):
+        if rng.random() < 0.5:
             return raw[: len(raw) // 2]  # a body cut off mid-write
         return f"event_id={bad['event_id']}&customer_id={bad['customer_id']}&touchpoint={bad['touchpoint']}".encode()
     if kind == "json_array":
@@ -365,13 +361,13 @@ def _malformed(kind: str, doc: dict[str, Any], rng: random.Random, now_ms: int, 
     if kind == "missing_event_id":
         del bad["event_id"]
     elif kind == "customer_id_number":
-        bad["customer_id"] = int(str(bad["customer_id"]).lstrip("c") or 0)
+        bad["customer_id"] = int(bad["customer_id"].lstrip("c") or 0)
     elif kind == "unknown_touchpoint":
         bad["touchpoint"] = rng.choice(UNKNOWN_TOUCHPOINTS)
     elif kind == "negative_value":
         # Refunds sent as negative amounts: the classic sign bug.
         bad["touchpoint"] = "refund"
-        bad["value"] = -round(abs(bad.get("value") or _money(rng, PURCHASE_MEDIAN, PURCHASE_SIGMA)), 2) or -1.0
+        bad["value"] = -max(bad.get("value") or _money(rng, PURCHASE_MEDIAN, PURCHASE_SIGMA), 0.01)
         bad["currency"] = CURRENCY
     elif kind == "future_timestamp":
         bad["timestamp"] = _timestamp(now_ms + FUTURE_SKEW_MS, _TS_ZULU)
@@ -381,8 +377,8 @@ def _malformed(kind: str, doc: dict[str, Any], rng: random.Random, now_ms: int, 
             (
                 when.strftime("%d/%m/%Y %H:%M:%S"),  # locale formatting
                 when.isoformat(timespec="seconds"),  # local time without a zone
-                t_ms // 1000 if t_ms >= 1000 else "yesterday",  # epoch seconds, not milliseconds
-                "yesterday",
+                t_ms // 1000,  # epoch seconds, not milliseconds
+                "yesterday",  # a relative date straight from the UI
             )
         )
     elif kind == "oversized":
@@ -390,10 +386,6 @@ def _malformed(kind: str, doc: dict[str, Any], rng: random.Random, now_ms: int, 
         chunk = '<div class="product-tile"><img src="/img/p.webp"><span>Add to cart</span></div>'
         bad["properties"] = {"dom_snapshot": chunk * (OVERSIZED_BYTES // len(chunk) + 1)}
     return orjson.dumps(bad)
-
-
-def rand_bool(rng: random.Random) -> bool:
-    return rng.random() < 0.5
 
 
 def simulate(
@@ -622,7 +614,6 @@ def publish(
             linger_ms=5,
             compression_type=None,
             max_block_ms=MAX_BLOCK_MS,
-            max_request_size=1 << 20,
         )
     except NoBrokersAvailable as exc:
         raise PublishError(f"no Kafka broker reachable at {servers}") from exc

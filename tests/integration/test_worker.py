@@ -97,7 +97,9 @@ def test_malformed_events_go_to_the_dlq_with_a_reason_and_the_worker_keeps_going
 
 def test_funnel_counts_each_customer_once_in_their_current_stage(worker: WorkerProcess):
     t0 = now_ms() - HOUR
-    worker.send(ev("f1", "fay", "site_visit", t0), ev("f2", "fay", "signup", t0 + 1), ev("f3", "fay", "upgrade", t0 + 2))
+    worker.send(
+        ev("f1", "fay", "site_visit", t0), ev("f2", "fay", "signup", t0 + 1), ev("f3", "fay", "upgrade", t0 + 2)
+    )
     worker.wait_customer("fay", lambda c: c["events"] == 3)
     _, funnel = worker.get("/journey/funnel")
     counts = {s["stage"]: s["customers"] for s in funnel["stages"]}

@@ -1,0 +1,76 @@
+"""The CLI answers user mistakes with a clear message and an exit code, never a traceback."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).parents[2]
+
+
+def unused_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_the_default_map_checks_ok_and_shows_its_stages(journey):
+    check = journey("map", "check")
+    assert check.returncode == 0, check.stderr
+    assert "OK (5 stages, 11 touchpoints)" in check.stdout
+    show = journey("map", "show")
+    assert show.stdout.splitlines()[0].startswith("1. awareness") and "ad_click, site_visit" in show.stdout
+
+
+def test_a_broken_map_is_refused_naming_the_line_and_entry(journey, tmp_path: Path):
+    bad = tmp_path / "journey.yaml"
+    bad.write_text("stages: [awareness]\ntouchpoints:\n  visit: {stage: awarenes}\n")
+    result = journey("map", "check", str(bad))
+    assert result.returncode == 2
+    assert f"{bad}:3: touchpoints.visit.stage: unknown stage 'awarenes'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_the_worker_refuses_to_start_on_an_invalid_map(journey, tmp_path: Path):
+    bad = tmp_path / "journey.yaml"
+    bad.write_text("stages: [a, b]\ntouchpoints: {}\n")
+    result = journey("worker", env={"JOURNEY_MAP": str(bad)}, timeout=60)
+    assert result.returncode == 2
+    assert "touchpoints: must be a non-empty mapping" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_the_worker_says_what_to_do_when_redis_is_not_there(journey):
+    result = journey("worker", env={"JOURNEY_REDIS_URL": f"redis://127.0.0.1:{unused_port()}/0"}, timeout=60)
+    assert result.returncode == 1
+    assert "cannot reach Redis" in result.stderr and "journey stack up" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_bad_setting_names_the_variable(journey):
+    result = journey("map", "show", env={"JOURNEY_WEB_PORT": "lots"})
+    assert result.returncode == 2
+    assert "JOURNEY_WEB_PORT" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_bad_arguments_get_usage_not_a_traceback(journey):
+    result = journey("simulate", "--customers", "many")
+    assert result.returncode == 2
+    assert "not a whole number: 'many'" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_looking_up_an_unknown_customer_says_so(journey):
+    result = journey("customer", "no-such-customer-anywhere", env={"JOURNEY_REDIS_PREFIX": "jt:test:empty"})
+    assert result.returncode == 1
+    assert "no customer 'no-such-customer-anywhere'" in result.stderr
+
+
+def test_docker_compose_file_is_valid():
+    compose = shutil.which("docker-compose")
+    assert compose, "docker-compose is not installed (scripts/test.sh installs Debian's package)"
+    result = subprocess.run([compose, "config", "-q"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    services = subprocess.run([compose, "config", "--services"], cwd=ROOT, capture_output=True, text=True).stdout
+    assert {"kafka", "redis", "worker"} <= set(services.split())
