@@ -1,4 +1,5 @@
-"""The journey definition: stages in order and the stage each touchpoint belongs to."""
+"""The journey map: stages in order, the stage of each touchpoint, the expected flow (a PERT
+network) and the alert thresholds that gap analysis judges customers against."""
 
 from __future__ import annotations
 
@@ -6,10 +7,15 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from models.durations import parse_duration
+from models.pert import Activity, NetworkError, PertNetwork, deadline, z_for_probability
+
 Path = tuple[str | int, ...]
 
 # Names end up inside Redis values and metric labels, so keep them plain.
 NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+SEVERITIES = ("low", "medium", "high", "critical")
+DEFAULT_STALL_Z = 2.0
 
 
 class MapError(ValueError):
@@ -38,14 +44,43 @@ def format_path(path: Path) -> str:
 
 @dataclass(frozen=True, slots=True)
 class JourneyMap:
-    """Stages in order and, for each touchpoint, its stage."""
+    """Stages in order, each touchpoint's stage, the expected flow and the alert thresholds.
+
+    ``max_silence_s[stage]`` is the longest a customer may stay silent in that stage before a
+    ``drop_off`` alert (None: never). ``critical_path`` lists the touchpoints of the flow's
+    critical path in order and ``stall_after_s[i]`` how long after ``critical_path[i]`` the
+    next critical touchpoint is due (TE + z·σ of that activity; 0 for the last node).
+    """
 
     stages: tuple[str, ...]
     touchpoints: Mapping[str, str]
+    max_silence_s: Mapping[str, float | None] = field(default_factory=dict)
+    severity: Mapping[str, str] = field(default_factory=dict)
+    flow: PertNetwork | None = None
+    stall_z: float = DEFAULT_STALL_Z
     _rank: Mapping[str, int] = field(init=False, repr=False, compare=False)
+    critical_path: tuple[str, ...] = field(init=False, compare=False)
+    critical_index: Mapping[str, int] = field(init=False, repr=False, compare=False)
+    stall_after_ms: tuple[int, ...] = field(init=False, compare=False)
+    max_silence_ms: Mapping[str, int | None] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "_rank", {s: i for i, s in enumerate(self.stages)})
+        def setattr_(name: str, value: object) -> None:
+            object.__setattr__(self, name, value)
+
+        setattr_("_rank", {s: i for i, s in enumerate(self.stages)})
+        path = tuple(self.flow.critical_path()) if self.flow else ()
+        after = []
+        for node in path:
+            nxt = self.flow.critical_next(node) if self.flow else None
+            after.append(round(deadline(nxt, z=self.stall_z) * 1000) if nxt else 0)
+        setattr_("critical_path", path)
+        setattr_("critical_index", {tp: i for i, tp in enumerate(path)})
+        setattr_("stall_after_ms", tuple(after))
+        setattr_(
+            "max_silence_ms",
+            {s: (round(v * 1000) if v else None) for s in self.stages for v in [self.max_silence_s.get(s)]},
+        )
 
     def stage_of(self, touchpoint: str) -> str:
         return self.touchpoints[touchpoint]
@@ -83,23 +118,36 @@ def parse_journey_map(doc: object) -> JourneyMap:
     problems: list[tuple[Path, str]] = []
     if not isinstance(doc, Mapping):
         raise MapError([((), "the map must be a mapping with 'stages' and 'touchpoints'")])
-    known = {"version", "stages", "touchpoints"}
+    known = {"version", "stages", "touchpoints", "flow", "alerts"}
     for key in doc:
         if key not in known:
             problems.append(((str(key),), f"unknown entry (expected one of: {', '.join(sorted(known))})"))
 
     stages_doc = doc.get("stages")
     stages: list[str] = []
+    silence: dict[str, float | None] = {}
+    severity: dict[str, str] = {}
     if not isinstance(stages_doc, list) or not stages_doc:
         problems.append((("stages",), "must be a non-empty list of stage names"))
     else:
-        for i, stage in enumerate(stages_doc):
+        for i, entry in enumerate(stages_doc):
+            spec = entry if isinstance(entry, Mapping) else {"name": entry}
+            stage = spec.get("name")
             if not isinstance(stage, str) or not NAME.match(stage):
                 problems.append((("stages", i), f"{stage!r} is not a valid name (letters, digits, _ . -)"))
-            elif stage in stages:
+                continue
+            if stage in stages:
                 problems.append((("stages", i), f"stage {stage!r} is listed twice"))
-            else:
-                stages.append(stage)
+                continue
+            for key in spec:
+                if key not in ("name", "max_silence", "severity"):
+                    problems.append((("stages", i, str(key)), "unknown entry (expected name, max_silence, severity)"))
+            stages.append(stage)
+            silence[stage] = _duration(spec.get("max_silence"), ("stages", i, "max_silence"), problems)
+            sev = spec.get("severity", "medium")
+            if sev not in SEVERITIES:
+                problems.append((("stages", i, "severity"), f"must be one of {', '.join(SEVERITIES)}, got {sev!r}"))
+            severity[stage] = sev
 
     tps_doc = doc.get("touchpoints")
     touchpoints: dict[str, str] = {}
@@ -119,6 +167,89 @@ def parse_journey_map(doc: object) -> JourneyMap:
                 problems.append((path + ("stage",), f"unknown stage {stage!r} (stages are: {', '.join(stages)})"))
                 continue
             touchpoints[str(name)] = stage
+
+    flow = _parse_flow(doc.get("flow"), touchpoints, problems)
+    stall_z = _parse_alerts(doc.get("alerts"), problems)
     if problems:
         raise MapError(problems)
-    return JourneyMap(tuple(stages), touchpoints)
+    return JourneyMap(tuple(stages), touchpoints, silence, severity, flow, stall_z)
+
+
+def _duration(value: object, path: Path, problems: list[tuple[Path, str]]) -> float | None:
+    if value is None:
+        return None
+    try:
+        return parse_duration(value)  # type: ignore[arg-type]
+    except (ValueError, TypeError) as exc:
+        problems.append((path, str(exc)))
+        return None
+
+
+def _parse_flow(
+    doc: object, touchpoints: Mapping[str, str], problems: list[tuple[Path, str]]
+) -> PertNetwork | None:
+    if doc is None:
+        return None
+    if not isinstance(doc, list) or not doc:
+        problems.append((("flow",), "must be a list of activities {from, to, optimistic, likely, pessimistic}"))
+        return None
+    activities: list[Activity] = []
+    ok = True
+    for i, spec in enumerate(doc):
+        path: Path = ("flow", i)
+        if not isinstance(spec, Mapping):
+            problems.append((path, "must be a mapping {from, to, optimistic, likely, pessimistic}"))
+            ok = False
+            continue
+        for key in spec:
+            if key not in ("from", "to", "optimistic", "likely", "pessimistic"):
+                expected = "from, to, optimistic, likely, pessimistic"
+                problems.append(((*path, str(key)), f"unknown entry (expected {expected})"))
+                ok = False
+        ends = []
+        for key in ("from", "to"):
+            name = spec.get(key)
+            if name not in touchpoints:
+                problems.append(((*path, key), f"unknown touchpoint {name!r} (not under touchpoints:)"))
+                ok = False
+            ends.append(str(name))
+        times = []
+        for key in ("optimistic", "likely", "pessimistic"):
+            if key not in spec:
+                problems.append(((*path, key), "missing (a duration such as 90s, 2h, 3d)"))
+                ok = False
+                continue
+            times.append(_duration(spec[key], (*path, key), problems))
+        if ok and None not in times and len(times) == 3:
+            activities.append(Activity(ends[0], ends[1], *times))  # type: ignore[arg-type]
+    if not ok:
+        return None
+    try:
+        return PertNetwork.build(activities)
+    except NetworkError as exc:
+        problems.extend(exc.problems)
+        return None
+
+
+def _parse_alerts(doc: object, problems: list[tuple[Path, str]]) -> float:
+    if doc is None:
+        return DEFAULT_STALL_Z
+    if not isinstance(doc, Mapping):
+        problems.append((("alerts",), "must be a mapping (stall_z or stall_probability)"))
+        return DEFAULT_STALL_Z
+    for key in doc:
+        if key not in ("stall_z", "stall_probability"):
+            problems.append((("alerts", str(key)), "unknown entry (expected stall_z or stall_probability)"))
+    if "stall_z" in doc and "stall_probability" in doc:
+        problems.append((("alerts",), "give stall_z or stall_probability, not both"))
+    if "stall_probability" in doc:
+        q = doc["stall_probability"]
+        if not isinstance(q, int | float) or not 0 < q < 1:
+            problems.append((("alerts", "stall_probability"), f"must be a probability between 0 and 1, got {q!r}"))
+            return DEFAULT_STALL_Z
+        return z_for_probability(float(q))
+    z = doc.get("stall_z", DEFAULT_STALL_Z)
+    if isinstance(z, bool) or not isinstance(z, int | float) or z < 0:
+        problems.append((("alerts", "stall_z"), f"must be a number >= 0, got {z!r}"))
+        return DEFAULT_STALL_Z
+    return float(z)

@@ -9,12 +9,15 @@ from collections.abc import Sequence
 from typing import Any
 
 import faust
+import orjson
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from models.alerts import render
 from models.journey_map import JourneyMap
+from models.watermark import PartitionClock, Watermarks
 from streams.journey_file import load_journey_map
 from streams.journey_store import RedisJourneyStore
 from streams.pipeline import BatchResult, DeadLetter, Limits, PipelineStats, SourceRecord, advance_journeys
@@ -50,8 +53,42 @@ class KafkaDeadLetters:
         await asyncio.gather(*pending)
 
 
+class KafkaAlerts:
+    """Publishes the store's alert outbox to the alerts topic, then acknowledges it.
+
+    A crash between publishing and acknowledging republishes the same facts, so a
+    downstream tool may see the same ``alert_id`` twice but never two different alerts
+    for one stall. One drain per partition at a time.
+    """
+
+    def __init__(self, topic: faust.TopicT, store: RedisJourneyStore) -> None:
+        self.topic = topic
+        self.store = store
+        self.locks: dict[int, asyncio.Lock] = {}
+        self.emitted: dict[str, int] = {}
+
+    async def drain(self, partition: int) -> int:
+        lock = self.locks.setdefault(partition, asyncio.Lock())
+        sent = 0
+        async with lock:
+            while facts := await self.store.outbox(partition, limit=500):
+                now_ms = int(time.time() * 1000)
+                pending = []
+                for f in facts:
+                    body = render(f, emitted_at_ms=now_ms)
+                    pending.append(
+                        await self.topic.send(key=f.customer_id.encode(), value=orjson.dumps(body), force=True)
+                    )
+                    label = f"{f.type.value}:{f.status.value}"
+                    self.emitted[label] = self.emitted.get(label, 0) + 1
+                await asyncio.gather(*pending)
+                await self.store.ack_outbox(partition, len(facts))
+                sent += len(facts)
+        return sent
+
+
 class Worker:
-    """Everything one worker process holds: settings, journey map, Redis, counters."""
+    """Everything one worker process holds: settings, journey map, Redis, watermarks, counters."""
 
     def __init__(self, settings: Settings, journey: JourneyMap) -> None:
         self.settings = settings
@@ -65,22 +102,69 @@ class Worker:
             path_length=settings.path_length,
         )
         self.limits = Limits(settings.max_payload_bytes, int(settings.max_future_skew * 1000))
+        self.watermarks = Watermarks(
+            allowed_lateness_ms=int(settings.allowed_lateness * 1000),
+            idle_timeout_ms=int(settings.idle_timeout * 1000),
+        )
         self.stats = PipelineStats()
         self.started_at = time.time()
+        self.alerts: KafkaAlerts | None = None
+
+    @property
+    def watermarks_key(self) -> str:
+        return f"{self.settings.redis_prefix}:watermarks"
+
+    async def restore_watermarks(self, partitions: set[int]) -> None:
+        """Resume partitions' watermarks from Redis, so a restart or rebalance never moves them back."""
+        missing = sorted(p for p in partitions if p not in self.watermarks.partitions)
+        if not missing:
+            return
+        for p, raw in zip(missing, await self.redis.hmget(self.watermarks_key, missing), strict=True):
+            if raw:
+                high, _, mark = raw.decode().partition(",")
+                self.watermarks.restore(p, int(high), int(mark))
+            else:
+                self.watermarks.partitions.setdefault(p, PartitionClock())
+
+    async def save_watermarks(self, partitions: set[int]) -> None:
+        clocks = {p: self.watermarks.partitions[p] for p in partitions if p in self.watermarks.partitions}
+        if clocks:
+            await self.redis.hset(
+                self.watermarks_key, mapping={p: f"{c.high_ms},{c.watermark_ms}" for p, c in clocks.items()}
+            )
+
+    async def check_deadlines(self, partitions: set[int]) -> int:
+        """Fire due deadlines of the partitions this worker owns, then publish their alerts."""
+        await self.restore_watermarks(partitions)
+        now_ms = int(time.time() * 1000)
+        fired = 0
+        for p in sorted(partitions):
+            fired += await self.store.check_deadlines(p, self.watermarks.current(p, now_ms))
+            if self.alerts:
+                await self.alerts.drain(p)
+        await self.save_watermarks(partitions)
+        return fired
 
     async def process(self, records: Sequence[SourceRecord], dead_letters: KafkaDeadLetters) -> BatchResult:
         """Apply one batch, retrying on Redis outages until it succeeds."""
         backoff = 0.1
+        partitions = {r.partition for r in records}
         while True:
             try:
+                await self.restore_watermarks(partitions)
                 result = await advance_journeys(
                     records,
                     journey=self.journey,
                     store=self.store,
                     dead_letters=dead_letters,
                     limits=self.limits,
+                    watermarks=self.watermarks,
                     now_ms=int(time.time() * 1000),
                 )
+                await self.save_watermarks(partitions)
+                if self.alerts:
+                    for p in partitions:
+                        await self.alerts.drain(p)
             except _RETRYABLE as exc:
                 self.stats.redis_errors += 1
                 log.warning("Redis unavailable (%s); retrying the batch in %.1fs", exc, backoff)
@@ -120,7 +204,9 @@ def create_app(settings: Settings, journey: JourneyMap | None = None) -> faust.A
         settings.touchpoints_topic, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
     )
     dlq_topic = app.topic(settings.dlq_topic, key_serializer="raw", value_serializer="raw")
+    alerts_topic = app.topic(settings.alerts_topic, key_serializer="raw", value_serializer="raw")
     dead_letters = KafkaDeadLetters(dlq_topic)
+    worker.alerts = KafkaAlerts(alerts_topic, worker.store)
 
     @app.agent(touchpoints_topic, name="advance_journeys")
     async def advance_journeys_agent(stream: Any) -> None:
@@ -137,6 +223,18 @@ def create_app(settings: Settings, journey: JourneyMap | None = None) -> faust.A
                 for e in events
             ]
             await worker.process(records, dead_letters)
+
+    @app.timer(interval=settings.deadline_check_interval, on_leader=False)
+    async def check_deadlines() -> None:
+        # Only the partitions this worker owns: their watermarks are the ones it knows.
+        owned = {tp.partition for tp in app.consumer.assignment() if tp.topic == settings.touchpoints_topic}
+        if not owned:
+            return
+        try:
+            await worker.check_deadlines(owned)
+        except _RETRYABLE as exc:
+            worker.stats.redis_errors += 1
+            log.warning("deadline check skipped, Redis unavailable: %s", exc)
 
     @app.on_after_configured.connect  # type: ignore[misc]
     def _announce(app: faust.App, **kwargs: Any) -> None:  # noqa: ARG001

@@ -1,43 +1,128 @@
--- Apply a customer's events to their journey state, atomically with the dedupe check.
--- Mirrors models/journey.py:advance (the reference semantics); tests check both agree.
+-- Apply a customer's events to their journey state and deadlines, atomically with the dedupe
+-- check, and put every alert that opens or resolves into the partition's outbox.
+-- Mirrors models/journey.py:advance and models/deadlines.py (the reference semantics);
+-- a property test on the real Redis checks that both agree.
 --
--- KEYS[1]  journey hash     <prefix>:{<customer>}:journey
--- KEYS[2]  dedupe zset      <prefix>:{<customer>}:seen   (member = event id, score = event time)
--- KEYS[3]  funnel hash      <prefix>:funnel              (stage -> customers currently there)
--- ARGV[1]  customer id, ARGV[2] dedupe window (ms), ARGV[3] path length
--- ARGV[4..] six per event: event id, event time (ms), touchpoint, stage, stage rank, channel ('' = none)
+-- KEYS[1]  journey hash   <prefix>:{<customer>}:journey
+-- KEYS[2]  dedupe zset    <prefix>:{<customer>}:seen        member = event id, score = event time
+-- KEYS[3]  funnel hash    <prefix>:funnel                   stage -> customers currently there
+-- KEYS[4]  deadlines zset <prefix>:deadlines:<partition>    member = s|<customer> / d|<customer>, score = due
+-- KEYS[5]  outbox list    <prefix>:outbox:<partition>       alert facts (JSON) waiting to be published
+-- ARGV[1] customer id   ARGV[2] dedupe window (ms)   ARGV[3] path length
+-- ARGV[4] watermark now (ms): deadlines up to it fire after the events
+-- ARGV[5] critical path "tp=stage,tp=stage,..."   ARGV[6] ms after each until the next one is due "x,y,0"
+-- ARGV[7] stages by rank "s0,s1,..."   ARGV[8] max silence by rank (ms, 0 = none)   ARGV[9] severity by rank
+-- ARGV[10..] seven per event: event id, event time (ms), touchpoint, stage, stage rank,
+--            channel ('' = none), watermark when the event arrived (ms)
 -- Returns one code per event: 1 applied, 0 duplicate, 2 too late (older than the dedupe window).
-local journey, seen, funnel = KEYS[1], KEYS[2], KEYS[3]
+local journey, seen, funnel, deadlines, outbox = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local cid = ARGV[1]
 local window = tonumber(ARGV[2])
 local path_length = tonumber(ARGV[3])
+local now_wm = tonumber(ARGV[4])
 
-local cur = redis.call('HMGET', journey, 'stage', 'rank', 'since', 'first', 'last', 'events',
-                       'channel', 'channel_ms', 'path')
+local crit_tp, crit_stage, crit_index = {}, {}, {}
+for tp, st in string.gmatch(ARGV[5], '([^,=]+)=([^,]+)') do
+  crit_tp[#crit_tp + 1] = tp; crit_stage[#crit_tp] = st; crit_index[tp] = #crit_tp
+end
+local stall_after = {}
+for ms in string.gmatch(ARGV[6], '[^,]+') do stall_after[#stall_after + 1] = tonumber(ms) end
+local silence, severity, n = {}, {}, 0
+local sil_list, sev_list = {}, {}
+for ms in string.gmatch(ARGV[8], '[^,]+') do sil_list[#sil_list + 1] = tonumber(ms) end
+for sev in string.gmatch(ARGV[9], '[^,]+') do sev_list[#sev_list + 1] = sev end
+for s in string.gmatch(ARGV[7], '[^,]+') do
+  n = n + 1; silence[s] = sil_list[n]; severity[s] = sev_list[n]
+end
+local function fmt(x) return string.format('%d', x) end
+
+local cur = redis.call('HMGET', journey, 'stage', 'rank', 'since', 'first', 'last', 'events', 'channel',
+                       'channel_ms', 'path', 'crit', 'crit_ms', 'stall_open', 'drop_open')
 local exists = cur[1] ~= false
 local stage, rank, since, first, last, events = cur[1], tonumber(cur[2]), tonumber(cur[3]),
     tonumber(cur[4]), tonumber(cur[5]), tonumber(cur[6])
 local channel, channel_ms, path_text = cur[7], tonumber(cur[8]), cur[9]
+local crit, crit_ms = tonumber(cur[10]), tonumber(cur[11]) or 0
+local stall_open = (cur[12] and cur[12] ~= '') and cjson.decode(cur[12]) or nil
+local drop_open = (cur[13] and cur[13] ~= '') and cjson.decode(cur[13]) or nil
+local stall_due = tonumber(redis.call('ZSCORE', deadlines, 's|' .. cid))
+local drop_due = tonumber(redis.call('ZSCORE', deadlines, 'd|' .. cid))
 local old_stage = stage
 
 local path = {}
 if exists and path_text and path_text ~= '' then
-  for ts, tp in string.gmatch(path_text, '(%d+):([^,]+)') do
-    path[#path + 1] = {tonumber(ts), tp}
+  for ts, tp in string.gmatch(path_text, '(%d+):([^,]+)') do path[#path + 1] = {tonumber(ts), tp} end
+end
+local function sort_path()
+  table.sort(path, function(a, b)
+    if a[1] ~= b[1] then return a[1] < b[1] end
+    return a[2] < b[2]
+  end)
+end
+
+local function emit(kind, status, alert, at)
+  redis.call('RPUSH', outbox, cjson.encode({
+    type = kind, status = status, customer_id = cid, stage = alert.stage, touchpoint = alert.touchpoint,
+    anchor_ms = alert.anchor_ms, expected_ms = alert.expected_ms, at_ms = fmt(at),
+    next_touchpoint = alert.next_touchpoint, severity = alert.severity}))
+end
+
+-- models/deadlines.py:fire_due
+local function fire_due(wm)
+  if stall_due and not stall_open and stall_due <= wm then
+    stall_open = {touchpoint = crit_tp[crit], anchor_ms = fmt(crit_ms), expected_ms = fmt(stall_after[crit]),
+                  stage = crit_stage[crit], severity = severity[crit_stage[crit]] or 'medium',
+                  next_touchpoint = crit_tp[crit + 1]}
+    stall_due = nil
+    emit('stalled_critical_path', 'open', stall_open, wm)
   end
+  if drop_due and not drop_open and drop_due <= wm then
+    drop_open = {touchpoint = path[#path][2], anchor_ms = fmt(last), expected_ms = fmt(silence[stage] or 0),
+                 stage = stage, severity = severity[stage] or 'medium', next_touchpoint = ''}
+    drop_due = nil
+    emit('drop_off', 'open', drop_open, wm)
+  end
+end
+
+-- models/deadlines.py:after_event
+local function after_event(tp, ts)
+  local pos = crit_index[tp]
+  if pos then
+    if crit == nil or pos > crit then
+      if stall_open and pos > crit_index[stall_open.touchpoint] then
+        emit('stalled_critical_path', 'resolved', stall_open, ts)
+        stall_open = nil
+      end
+      crit, crit_ms = pos, ts
+    elseif pos == crit and ts > crit_ms then
+      crit_ms = ts
+    end
+  end
+  if drop_open and ts > tonumber(drop_open.anchor_ms) then
+    emit('drop_off', 'resolved', drop_open, ts)
+    drop_open = nil
+  end
+  stall_due = nil
+  if not stall_open and crit and stall_after[crit] > 0 then stall_due = crit_ms + stall_after[crit] end
+  drop_due = nil
+  local sil = silence[stage] or 0
+  if not drop_open and sil > 0 then drop_due = last + sil end
 end
 
 local codes = {}
 local applied = 0
-for i = 4, #ARGV, 6 do
+for i = 10, #ARGV, 7 do
   local eid, ts, tp = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2]
-  local ev_stage, ev_rank, ev_channel = ARGV[i + 3], tonumber(ARGV[i + 4]), ARGV[i + 5]
+  local ev_stage, ev_rank, ev_channel, arrival_wm = ARGV[i + 3], tonumber(ARGV[i + 4]), ARGV[i + 5],
+      tonumber(ARGV[i + 6])
   -- Too old first: its id may already be forgotten, so whether it was seen is unknowable.
   if exists and ts < last - window then
     codes[#codes + 1] = 2
   elseif exists and (tonumber(redis.call('ZSCORE', seen, eid)) or -1) >= last - window then
-    -- (entries below the horizon are forgotten; they are pruned once, after the loop)
+    -- (ids below the horizon are forgotten; they are pruned once, after the loop)
     codes[#codes + 1] = 0
   else
+    if exists then fire_due(arrival_wm) end  -- what was already due when this event arrived fires first
     if not exists then
       exists = true
       stage, rank, since, first, last, events = ev_stage, ev_rank, ts, ts, ts, 0
@@ -57,34 +142,37 @@ for i = 4, #ARGV, 6 do
     redis.call('ZADD', seen, ts, eid)
     redis.call('HINCRBY', journey, 'n:' .. tp, 1)
     local tl = tonumber(redis.call('HGET', journey, 't:' .. tp))
-    if tl == nil or ts > tl then
-      redis.call('HSET', journey, 't:' .. tp, ARGV[i + 1])
-    end
+    if tl == nil or ts > tl then redis.call('HSET', journey, 't:' .. tp, ARGV[i + 1]) end
     path[#path + 1] = {ts, tp}
+    sort_path()
+    while #path > path_length do table.remove(path, 1) end
+    after_event(tp, ts)
     applied = applied + 1
     codes[#codes + 1] = 1
   end
 end
 
+if exists then fire_due(now_wm) end
+
 if applied > 0 then
-  table.sort(path, function(a, b)
-    if a[1] ~= b[1] then return a[1] < b[1] end
-    return a[2] < b[2]
-  end)
   local parts = {}
-  for k = math.max(1, #path - path_length + 1), #path do
-    parts[#parts + 1] = string.format('%d:%s', path[k][1], path[k][2])
-  end
-  redis.call('HSET', journey, 'cid', ARGV[1], 'stage', stage, 'rank', rank,
-             'since', string.format('%d', since), 'first', string.format('%d', first),
-             'last', string.format('%d', last), 'events', events, 'path', table.concat(parts, ','))
-  if channel then
-    redis.call('HSET', journey, 'channel', channel, 'channel_ms', string.format('%d', channel_ms))
-  end
-  redis.call('ZREMRANGEBYSCORE', seen, '-inf', '(' .. string.format('%d', last - window))
+  for k = 1, #path do parts[#parts + 1] = string.format('%d:%s', path[k][1], path[k][2]) end
+  redis.call('HSET', journey, 'cid', cid, 'stage', stage, 'rank', rank, 'since', fmt(since), 'first', fmt(first),
+             'last', fmt(last), 'events', events, 'path', table.concat(parts, ','))
+  if channel then redis.call('HSET', journey, 'channel', channel, 'channel_ms', fmt(channel_ms)) end
+  if crit then redis.call('HSET', journey, 'crit', crit, 'crit_ms', fmt(crit_ms)) end
+  redis.call('ZREMRANGEBYSCORE', seen, '-inf', '(' .. fmt(last - window))
   if old_stage ~= stage then
     if old_stage then redis.call('HINCRBY', funnel, old_stage, -1) end
     redis.call('HINCRBY', funnel, stage, 1)
   end
+end
+if not exists then  -- erased, or never there: nothing to wait for
+  redis.call('ZREM', deadlines, 's|' .. cid, 'd|' .. cid)
+else
+  redis.call('HSET', journey, 'stall_open', stall_open and cjson.encode(stall_open) or '',
+             'drop_open', drop_open and cjson.encode(drop_open) or '')
+  if stall_due then redis.call('ZADD', deadlines, stall_due, 's|' .. cid) else redis.call('ZREM', deadlines, 's|' .. cid) end
+  if drop_due then redis.call('ZADD', deadlines, drop_due, 'd|' .. cid) else redis.call('ZREM', deadlines, 'd|' .. cid) end
 end
 return codes

@@ -1,15 +1,25 @@
-"""Where journey state lives: the ``JourneyStore`` port, its Redis adapter and an in-memory twin."""
+"""Where journey state lives: the ``JourneyStore`` port, its Redis adapter and an in-memory twin.
+
+Besides the state, the store keeps each customer's deadlines (per source partition, in a
+sorted set scored by due time) and an outbox of alert facts per partition. Alerts are
+decided inside the same atomic step as the state change that causes them; publishing the
+outbox to Kafka is a separate, repeatable step (the transactional-outbox pattern).
+"""
 
 from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
+import orjson
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
+from models.alerts import AlertFacts, AlertStatus, AlertType
+from models.deadlines import Deadlines, OpenAlert, after_event, fire_due
 from models.events import TouchpointEvent
 from models.journey import JourneyState, Outcome, advance
 from models.journey_map import JourneyMap
@@ -17,11 +27,32 @@ from models.journey_map import JourneyMap
 _SCRIPT = Path(__file__).with_name("journey_store.lua").read_text()
 
 
-class JourneyStore(Protocol):
-    """Applies events to per-customer journey state, exactly once per event id."""
+@dataclass(frozen=True, slots=True)
+class Arrival:
+    """A valid event, the partition it came from and the watermark of that partition when it arrived."""
 
-    async def apply(self, events: Sequence[TouchpointEvent]) -> list[Outcome]:
-        """Apply a batch; return one outcome per event, in order."""
+    event: TouchpointEvent
+    partition: int
+    watermark_ms: int
+
+
+class JourneyStore(Protocol):
+    """Applies events to per-customer journey state exactly once per event id, and keeps deadlines."""
+
+    async def apply(self, arrivals: Sequence[Arrival], watermarks: dict[int, int]) -> list[Outcome]:
+        """Apply a batch; ``watermarks`` is each partition's watermark after it. One outcome per event."""
+        ...
+
+    async def check_deadlines(self, partition: int, watermark_ms: int, limit: int = 1000) -> int:
+        """Fire the partition's deadlines the watermark has passed; return how many customers were due."""
+        ...
+
+    async def outbox(self, partition: int, limit: int = 1000) -> list[AlertFacts]:
+        """The oldest alert facts waiting to be published (not removed)."""
+        ...
+
+    async def ack_outbox(self, partition: int, count: int) -> None:
+        """Remove the first ``count`` facts, once they are safely published."""
         ...
 
     async def get(self, customer_id: str) -> JourneyState | None: ...
@@ -31,20 +62,29 @@ class JourneyStore(Protocol):
         ...
 
 
-def group_by_customer(events: Sequence[TouchpointEvent]) -> dict[str, list[int]]:
-    """Indexes of each customer's events, in arrival order (dicts keep first-seen order)."""
-    groups: dict[str, list[int]] = defaultdict(list)
-    for i, event in enumerate(events):
-        groups[event.customer_id].append(i)
-    return groups
+def facts_from_json(raw: bytes | str) -> AlertFacts:
+    d: dict[str, Any] = orjson.loads(raw)
+    return AlertFacts(
+        type=AlertType(d["type"]),
+        status=AlertStatus(d["status"]),
+        customer_id=d["customer_id"],
+        stage=d["stage"],
+        touchpoint=d["touchpoint"],
+        anchor_ms=int(d["anchor_ms"]),
+        expected_ms=int(d["expected_ms"]),
+        at_ms=int(d["at_ms"]),
+        next_touchpoint=d.get("next_touchpoint") or None,
+        severity=d.get("severity") or "medium",
+    )
 
 
 class RedisJourneyStore:
-    """Journey state in Redis: one hash and one dedupe sorted set per customer.
+    """Journey state in Redis: per customer one hash and one dedupe sorted set.
 
     A batch costs one round trip: one ``EVALSHA`` per customer in the batch, pipelined.
-    The script does the dedupe check and the update together, so a redelivered event
-    changes nothing even when the worker died after writing and before committing.
+    The script does the dedupe check, the update, the deadlines and the alert decisions
+    together, so a redelivered event changes nothing even when the worker died after
+    writing and before committing its offsets.
     """
 
     def __init__(
@@ -57,11 +97,22 @@ class RedisJourneyStore:
         path_length: int,
     ) -> None:
         self.redis = redis
-        self.journey = journey
         self.prefix = prefix
         self.dedupe_window_ms = dedupe_window_ms
         self.path_length = path_length
         self._sha: str | None = None
+        self.use_map(journey)
+
+    def use_map(self, journey: JourneyMap) -> None:
+        """Switch to a (reloaded) journey map; deadlines already set keep their due times."""
+        self.journey = journey
+        self._map_args = (
+            ",".join(f"{tp}={journey.stage_of(tp)}" for tp in journey.critical_path),
+            ",".join(str(ms) for ms in journey.stall_after_ms),
+            ",".join(journey.stages),
+            ",".join(str(journey.max_silence_ms.get(s) or 0) for s in journey.stages),
+            ",".join(journey.severity.get(s, "medium") for s in journey.stages),
+        )
 
     def journey_key(self, customer_id: str) -> str:
         return f"{self.prefix}:{{{customer_id}}}:journey"
@@ -69,51 +120,89 @@ class RedisJourneyStore:
     def seen_key(self, customer_id: str) -> str:
         return f"{self.prefix}:{{{customer_id}}}:seen"
 
+    def deadlines_key(self, partition: int) -> str:
+        return f"{self.prefix}:deadlines:{partition}"
+
+    def outbox_key(self, partition: int) -> str:
+        return f"{self.prefix}:outbox:{partition}"
+
     @property
     def funnel_key(self) -> str:
         return f"{self.prefix}:funnel"
 
-    async def apply(self, events: Sequence[TouchpointEvent]) -> list[Outcome]:
-        if not events:
-            return []
+    async def _execute(self, calls: list[tuple[int, str, list[str | int]]]) -> list[Any]:
+        """Run (partition, customer, per-event args) script calls as one pipeline; reload the script if needed."""
         if self._sha is None:
             self._sha = await self.redis.script_load(_SCRIPT)
-        groups = group_by_customer(events)
         try:
-            replies = await self._run(events, groups)
+            return await self._pipeline(calls)
         except NoScriptError:
-            # Redis restarted or was flushed; the batch is idempotent, so run it again.
+            # Redis restarted or was flushed; every call is idempotent, so run them again.
             self._sha = await self.redis.script_load(_SCRIPT)
-            replies = await self._run(events, groups)
-        outcomes: list[Outcome] = [Outcome.DUPLICATE] * len(events)
+            return await self._pipeline(calls)
+
+    async def _pipeline(self, calls: list[tuple[int, str, list[str | int]]]) -> list[Any]:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for partition, customer_id, args in calls:
+                pipe.evalsha(
+                    self._sha,  # type: ignore[arg-type]
+                    5,
+                    self.journey_key(customer_id),
+                    self.seen_key(customer_id),
+                    self.funnel_key,
+                    self.deadlines_key(partition),
+                    self.outbox_key(partition),
+                    customer_id,
+                    self.dedupe_window_ms,
+                    self.path_length,
+                    *args,
+                )
+            return await pipe.execute()  # type: ignore[no-any-return]
+
+    async def apply(self, arrivals: Sequence[Arrival], watermarks: dict[int, int]) -> list[Outcome]:
+        if not arrivals:
+            return []
+        groups: dict[tuple[int, str], list[int]] = defaultdict(list)
+        for i, a in enumerate(arrivals):
+            groups[(a.partition, a.event.customer_id)].append(i)
+        stage_of, rank = self.journey.stage_of, self.journey.rank
+        calls: list[tuple[int, str, list[str | int]]] = []
+        for (partition, customer_id), indexes in groups.items():
+            args: list[str | int] = [watermarks[partition], *self._map_args]
+            for i in indexes:
+                a = arrivals[i]
+                e = a.event
+                stage = stage_of(e.touchpoint)
+                args += (e.event_id, e.ts_ms, e.touchpoint, stage, rank(stage), e.channel or "", a.watermark_ms)
+            calls.append((partition, customer_id, args))
+        replies = await self._execute(calls)
+        outcomes: list[Outcome] = [Outcome.DUPLICATE] * len(arrivals)
         for indexes, codes in zip(groups.values(), replies, strict=True):
             for i, code in zip(indexes, codes, strict=True):
                 outcomes[i] = Outcome(code)
         return outcomes
 
-    async def _run(self, events: Sequence[TouchpointEvent], groups: dict[str, list[int]]) -> list[list[int]]:
-        stage_of, rank = self.journey.stage_of, self.journey.rank
-        fixed = (str(self.dedupe_window_ms), str(self.path_length))
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for customer_id, indexes in groups.items():
-                args: list[str | int] = [customer_id, *fixed]
-                for i in indexes:
-                    e = events[i]
-                    stage = stage_of(e.touchpoint)
-                    args += (e.event_id, e.ts_ms, e.touchpoint, stage, rank(stage), e.channel or "")
-                pipe.evalsha(
-                    self._sha,  # type: ignore[arg-type]
-                    3,
-                    self.journey_key(customer_id),
-                    self.seen_key(customer_id),
-                    self.funnel_key,
-                    *args,
-                )
-            return await pipe.execute()  # type: ignore[no-any-return]
+    async def check_deadlines(self, partition: int, watermark_ms: int, limit: int = 1000) -> int:
+        due = await self.redis.zrangebyscore(self.deadlines_key(partition), "-inf", watermark_ms, start=0, num=limit)
+        if not due:
+            return 0
+        customers = list(dict.fromkeys(m.decode().partition("|")[2] for m in due))
+        await self._execute([(partition, cid, [watermark_ms, *self._map_args]) for cid in customers])
+        return len(customers)
+
+    async def outbox(self, partition: int, limit: int = 1000) -> list[AlertFacts]:
+        return [facts_from_json(raw) for raw in await self.redis.lrange(self.outbox_key(partition), 0, limit - 1)]
+
+    async def ack_outbox(self, partition: int, count: int) -> None:
+        if count:
+            await self.redis.ltrim(self.outbox_key(partition), count, -1)
+
+    async def pending_deadlines(self, partition: int) -> int:
+        return int(await self.redis.zcard(self.deadlines_key(partition)))
 
     async def get(self, customer_id: str) -> JourneyState | None:
         raw = await self.redis.hgetall(self.journey_key(customer_id))
-        if not raw:
+        if not raw or b"stage" not in raw:
             return None
         h = {k.decode(): v.decode() for k, v in raw.items()}
         counts = {k[2:]: int(v) for k, v in h.items() if k.startswith("n:")}
@@ -135,6 +224,35 @@ class RedisJourneyStore:
             channel_ms=int(h["channel_ms"]) if "channel_ms" in h else None,
         )
 
+    async def get_deadlines(self, customer_id: str, partition: int) -> Deadlines:
+        """A customer's deadlines and open alerts, in the reference model's terms."""
+        h = {
+            k.decode(): v.decode()
+            for k, v in (await self.redis.hgetall(self.journey_key(customer_id))).items()
+            if k in (b"crit", b"crit_ms", b"stall_open", b"drop_open")
+        }
+        key = self.deadlines_key(partition)
+        stall_due = await self.redis.zscore(key, f"s|{customer_id}")
+        drop_due = await self.redis.zscore(key, f"d|{customer_id}")
+
+        def open_alert(text: str | None) -> OpenAlert | None:
+            if not text:
+                return None
+            d = orjson.loads(text)
+            return OpenAlert(
+                d["touchpoint"], int(d["anchor_ms"]), int(d["expected_ms"]), d["stage"], d["severity"],
+                d.get("next_touchpoint") or None,
+            )
+
+        return Deadlines(
+            crit=int(h["crit"]) - 1 if "crit" in h else None,  # Lua counts from 1
+            crit_ms=int(h.get("crit_ms", 0)),
+            stall_due=int(stall_due) if stall_due is not None else None,
+            stall_open=open_alert(h.get("stall_open")),
+            drop_due=int(drop_due) if drop_due is not None else None,
+            drop_open=open_alert(h.get("drop_open")),
+        )
+
     async def funnel(self) -> dict[str, int]:
         raw = await self.redis.hgetall(self.funnel_key)
         counts = {k.decode(): int(v) for k, v in raw.items()}
@@ -142,30 +260,74 @@ class RedisJourneyStore:
 
 
 class InMemoryJourneyStore:
-    """The same contract held in a dict, for unit tests of handlers (no Redis)."""
+    """The same contract held in dicts, built on the reference model (for unit tests)."""
 
     def __init__(self, journey: JourneyMap, *, dedupe_window_ms: int, path_length: int) -> None:
         self.journey = journey
         self.dedupe_window_ms = dedupe_window_ms
         self.path_length = path_length
         self.states: dict[str, JourneyState] = {}
+        self.deadlines: dict[str, Deadlines] = {}
+        self.partition_of: dict[str, int] = {}
+        self.outboxes: dict[int, list[AlertFacts]] = defaultdict(list)
 
-    async def apply(self, events: Sequence[TouchpointEvent]) -> list[Outcome]:
-        outcomes = []
-        for event in events:
-            state, outcome = advance(
-                self.states.get(event.customer_id),
-                event,
-                self.journey,
-                dedupe_window_ms=self.dedupe_window_ms,
-                path_length=self.path_length,
-            )
-            self.states[event.customer_id] = state
-            outcomes.append(outcome)
+    def _fire(self, customer_id: str, partition: int, watermark_ms: int) -> None:
+        state = self.states.get(customer_id)
+        if state is None:
+            return
+        dl, facts = fire_due(self.deadlines.get(customer_id, Deadlines()), state, self.journey, watermark_ms)
+        self.deadlines[customer_id] = dl
+        self.outboxes[partition] += facts
+
+    async def apply(self, arrivals: Sequence[Arrival], watermarks: dict[int, int]) -> list[Outcome]:
+        groups: dict[tuple[int, str], list[int]] = defaultdict(list)
+        for i, a in enumerate(arrivals):
+            groups[(a.partition, a.event.customer_id)].append(i)
+        outcomes: list[Outcome] = [Outcome.DUPLICATE] * len(arrivals)
+        for (partition, cid), indexes in groups.items():
+            self.partition_of[cid] = partition
+            for i in indexes:
+                event = arrivals[i].event
+                before = self.states.get(cid)
+                state, outcome = advance(
+                    before, event, self.journey, dedupe_window_ms=self.dedupe_window_ms, path_length=self.path_length
+                )
+                outcomes[i] = outcome
+                if outcome is not Outcome.APPLIED:
+                    continue
+                if before is not None:
+                    self._fire(cid, partition, arrivals[i].watermark_ms)
+                self.states[cid] = state
+                dl, facts = after_event(
+                    self.deadlines.get(cid, Deadlines()), state, event.touchpoint, event.ts_ms, self.journey
+                )
+                self.deadlines[cid] = dl
+                self.outboxes[partition] += facts
+            self._fire(cid, partition, watermarks[partition])
         return outcomes
+
+    async def check_deadlines(self, partition: int, watermark_ms: int, limit: int = 1000) -> int:
+        due = [
+            cid
+            for cid, dl in self.deadlines.items()
+            if self.partition_of.get(cid) == partition
+            and any(d is not None and d <= watermark_ms for d in (dl.stall_due, dl.drop_due))
+        ][:limit]
+        for cid in due:
+            self._fire(cid, partition, watermark_ms)
+        return len(due)
+
+    async def outbox(self, partition: int, limit: int = 1000) -> list[AlertFacts]:
+        return self.outboxes[partition][:limit]
+
+    async def ack_outbox(self, partition: int, count: int) -> None:
+        del self.outboxes[partition][:count]
 
     async def get(self, customer_id: str) -> JourneyState | None:
         return self.states.get(customer_id)
+
+    async def get_deadlines(self, customer_id: str, partition: int) -> Deadlines:  # noqa: ARG002
+        return self.deadlines.get(customer_id, Deadlines())
 
     async def funnel(self) -> dict[str, int]:
         counts = dict.fromkeys(self.journey.stages, 0)

@@ -7,10 +7,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from models.events import Invalid, Reason, TouchpointEvent, decode_event
+from models.events import Invalid, Reason, decode_event
 from models.journey import Outcome
 from models.journey_map import JourneyMap
-from streams.journey_store import JourneyStore
+from models.watermark import NO_WATERMARK, Watermarks
+from streams.journey_store import Arrival, JourneyStore
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,13 +108,22 @@ async def advance_journeys(
     store: JourneyStore,
     dead_letters: DeadLetterSink,
     limits: Limits,
+    watermarks: Watermarks,
     now_ms: int,
 ) -> BatchResult:
     """Apply a batch of raw records to journey state; every record is either applied,
-    recognised as a duplicate, or sent to the dead-letter sink with a reason."""
+    recognised as a duplicate, or sent to the dead-letter sink with a reason.
+
+    Each event carries the watermark its partition had when it arrived, so deadline
+    decisions follow the order of the stream, not the batch boundaries. The watermarks
+    advance only after the store has applied the batch.
+    """
     result = BatchResult()
-    events: list[TouchpointEvent] = []
+    arrivals: list[Arrival] = []
     sources: list[SourceRecord] = []
+    lateness = watermarks.allowed_lateness_ms
+    wm: dict[int, int] = {}  # each partition's watermark as the batch goes, committed after the store
+    high: dict[int, int] = {}
     for record in records:
         if record.value is None:
             result.dead.append(DeadLetter(record, Reason.UNDECODABLE, "empty message (null value)"))
@@ -127,11 +137,22 @@ async def advance_journeys(
         )
         if isinstance(decoded, Invalid):
             result.dead.append(DeadLetter(record, decoded.reason, decoded.detail))
-        else:
-            events.append(decoded)
-            sources.append(record)
+            continue
+        p = record.partition
+        if p not in wm:
+            clock = watermarks.partitions.get(p)
+            wm[p], high[p] = (clock.watermark_ms, clock.high_ms) if clock else (NO_WATERMARK, NO_WATERMARK)
+        arrivals.append(Arrival(decoded, p, wm[p]))
+        sources.append(record)
+        if decoded.ts_ms > high[p]:
+            high[p] = decoded.ts_ms
+            wm[p] = max(wm[p], decoded.ts_ms - lateness)
 
-    for event, record, outcome in zip(events, sources, await store.apply(events), strict=True):
+    outcomes = await store.apply(arrivals, wm)
+    for p, h in high.items():
+        watermarks.observe(p, h, now_ms)
+    for arrival, record, outcome in zip(arrivals, sources, outcomes, strict=True):
+        event = arrival.event
         if outcome is Outcome.APPLIED:
             result.applied += 1
         elif outcome is Outcome.DUPLICATE:
@@ -148,3 +169,4 @@ async def advance_journeys(
     if result.dead:
         await dead_letters.send(result.dead)
     return result
+

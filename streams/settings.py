@@ -47,11 +47,25 @@ class Settings(BaseSettings):
     path_length: int = Field(default=20, ge=1)
     commit_interval: float = 2.8  # seconds between offset commits (Kafka Streams: commit.interval.ms)
 
+    # Alerts (event time): watermark = highest event time seen - allowed lateness
+    allowed_lateness: float = 600.0
+    idle_timeout: float = 60.0  # a partition silent this long (wall clock) lets its watermark follow the clock
+    deadline_check_interval: float = 1.0
+
     # The local stack (`journey stack up`)
     kafka_version: str = "3.9.1"
     kafka_heap: str = "512m"
 
-    @field_validator("batch_within", "max_future_skew", "dedupe_window", "commit_interval", mode="before")
+    @field_validator(
+        "batch_within",
+        "max_future_skew",
+        "dedupe_window",
+        "commit_interval",
+        "allowed_lateness",
+        "idle_timeout",
+        "deadline_check_interval",
+        mode="before",
+    )
     @classmethod
     def _duration(cls, value: object) -> float:
         if isinstance(value, str | int | float):

@@ -9,9 +9,12 @@ of everything. Both traits are visible in the events themselves, so a model can 
 
 from __future__ import annotations
 
+import bisect
+import gc
 import heapq
 import itertools
 import math
+import operator
 import random
 import sys
 import threading
@@ -20,6 +23,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from statistics import NormalDist
 from typing import Any
 
 import orjson
@@ -43,8 +47,8 @@ P_AD_CLICK_PAID = 0.85
 P_LANDING_AFTER_CLICK = 0.9
 # Unpaid visitors occasionally click a retargeting ad on a later day.
 P_AD_CLICK_UNPAID = 0.1
-# Extra awareness visits (0, 1, 2) before the customer decides anything.
-EXTRA_VISIT_WEIGHTS = (0.65, 0.25, 0.10)
+# Extra awareness visits (0..3) before the customer decides anything: people come back a few times.
+EXTRA_VISIT_WEIGHTS = (0.45, 0.30, 0.15, 0.10)
 
 # The funnel: probability of getting past each step (the rest go silent there).
 P_PAST_AWARENESS = 0.5  # half of all visitors never come back after browsing the landing pages
@@ -106,16 +110,18 @@ PLATFORMS = ("web", "ios", "android")
 PLATFORM_WEIGHTS = (0.6, 0.22, 0.18)
 BACKEND_TOUCHPOINTS = frozenset({"purchase", "upgrade", "refund"})
 _TS_ZULU, _TS_EPOCH, _TS_UTC, _TS_CET, _TS_CEST = range(5)
-WEB_TS_WEIGHTS = ((_TS_ZULU, _TS_CET, _TS_CEST), (0.85, 0.05, 0.10))
-APP_TS_WEIGHTS = ((_TS_EPOCH, _TS_ZULU), (0.9, 0.1))
-BACKEND_TS_WEIGHTS = ((_TS_UTC, _TS_CEST), (0.6, 0.4))
-_TS_OFFSET_MIN = {_TS_UTC: 0, _TS_CET: 60, _TS_CEST: 120}
+WEB_TS_WEIGHTS = (0.85, 0.05, 0.10)  # Z, +01:00, +02:00
+APP_TS_WEIGHTS = (0.9, 0.1)  # epoch ms, Z
+BACKEND_TS_WEIGHTS = (0.6, 0.4)  # +00:00, +02:00
+_TS_ZONES = {_TS_ZULU: (0, "Z"), _TS_UTC: (0, "+00:00"), _TS_CET: (60, "+01:00"), _TS_CEST: (120, "+02:00")}
 
 LANDING_PAGES = ("/", "/pricing", "/products", "/blog/sleep-better", "/sale", "/how-it-works")
 SIGNUP_METHODS = ("email", "google", "apple")
 UPGRADE_PLANS = ("annual", "pro")
 REFUND_REASONS = ("damaged", "not_as_described", "changed_mind", "late_delivery")
 CATALOG_SIZE = 400
+_SKUS = tuple(f"SKU-{n:04d}" for n in range(CATALOG_SIZE))
+_SKU_PAGES = tuple(f"/products/{sku.lower()}" for sku in _SKUS)
 REVIEW_RATING_WEIGHTS = (0.05, 0.05, 0.12, 0.33, 0.45)  # 1..5 stars, reviews skew positive
 
 MALFORMED_KINDS = (
@@ -132,7 +138,42 @@ MALFORMED_KINDS = (
 )
 UNKNOWN_TOUCHPOINTS = ("teleport", "page_view", "Purchase", "add-to-cart")
 
+_Dist = tuple[tuple[Any, ...], tuple[float, ...]]
+
+
+def _dist(values: tuple[Any, ...], weights: tuple[float, ...]) -> _Dist:
+    """Values with cumulative weights, so a draw is one bisect (random.choices redoes the sums each call)."""
+    return values, tuple(itertools.accumulate(weights))
+
+
+def _one(rand: Any, seq: Any) -> Any:
+    """One element of a sequence, uniformly (Random.choice goes through the slower randbelow)."""
+    return seq[int(rand() * len(seq))]
+
+
+def _pick(rand: Any, dist: _Dist) -> Any:
+    values, cum = dist
+    return values[bisect.bisect(cum, rand() * cum[-1])]
+
+
+_CHANNEL_DIST = _dist(CHANNELS, CHANNEL_WEIGHTS)
+_RETURN_CHANNEL_DIST = _dist(RETURN_CHANNELS, RETURN_CHANNEL_WEIGHTS)
+_EXTRA_VISIT_DIST = _dist((0, 1, 2, 3), EXTRA_VISIT_WEIGHTS)
+_PRODUCT_VIEW_DIST = _dist((1, 2, 3, 4, 5), PRODUCT_VIEW_WEIGHTS)
+_REPEAT_COUNT_DIST = _dist((1, 2, 3, 4), REPEAT_COUNT_WEIGHTS)
+_RATING_DIST = _dist((1, 2, 3, 4, 5), REVIEW_RATING_WEIGHTS)
+_PLATFORM_DIST = _dist(PLATFORMS, PLATFORM_WEIGHTS)
+_WEB_TS_DIST = _dist((_TS_ZULU, _TS_CET, _TS_CEST), WEB_TS_WEIGHTS)
+_APP_TS_DIST = _dist((_TS_EPOCH, _TS_ZULU), APP_TS_WEIGHTS)
+_BACKEND_TS_DIST = _dist((_TS_UTC, _TS_CEST), BACKEND_TS_WEIGHTS)
+_PLATFORM_TS_DIST = {"web": _WEB_TS_DIST, "ios": _APP_TS_DIST, "android": _APP_TS_DIST}
+
+ID_BLOCK = 4096  # event ids per block of random bits
 _EPOCH = datetime(1970, 1, 1)  # naive on purpose: isoformat() then has no suffix to strip
+# Standard-normal quantiles: a table lookup is ~6x cheaper than Random.gauss, and 2**14 levels
+# (|z| <= 3.8) are plenty for delays and prices.
+_NORMAL_BITS = 14
+_NORMAL = tuple(NormalDist().inv_cdf((k + 0.5) / (1 << _NORMAL_BITS)) for k in range(1 << _NORMAL_BITS))
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,25 +223,25 @@ class _Plan:
 
 def _delay(rng: random.Random, spec: tuple[float, float, int, int]) -> int:
     median, sigma, low, high = spec
-    d = int(median * math.exp(sigma * rng.gauss(0.0, 1.0)))
+    d = int(median * math.exp(sigma * _NORMAL[rng.getrandbits(_NORMAL_BITS)]))
     return low if d < low else high if d > high else d
 
 
 def _money(rng: random.Random, median: float, sigma: float) -> float:
-    return round(median * math.exp(sigma * rng.gauss(0.0, 1.0)), 2)
+    return round(median * math.exp(sigma * _NORMAL[rng.getrandbits(_NORMAL_BITS)]), 2)
 
 
-def _plan_customer(
-    rng: random.Random, idx: int, cid: str, start: int, now_ms: int, upsell_signal: bool, plan: _Plan
-) -> SimCustomer:
-    """Plan one journey from ``start``, append its events up to ``now_ms`` to ``plan``."""
-    choices, rand = rng.choices, rng.random
-    acq = choices(CHANNELS, CHANNEL_WEIGHTS)[0]
-    # (time, touchpoint, channel, value, properties)
-    ev: list[tuple[int, str, str | None, float | None, dict[str, Any] | None]] = []
+# (event time, touchpoint, channel, value, properties) of one customer, in any order
+Planned = list[tuple[int, str, str | None, float | None, dict[str, Any] | None]]
+
+
+def _journey(rng: random.Random, idx: int, start: int, upsell_signal: bool, ev: Planned) -> str | None:
+    """Plan one customer's whole journey from ``start`` into ``ev`` (any order); return the stage they go silent in."""
+    rand = rng.random
+    acq = _pick(rand, _CHANNEL_DIST)
 
     def session_channel() -> str:
-        return acq if rand() < P_SAME_CHANNEL else choices(RETURN_CHANNELS, RETURN_CHANNEL_WEIGHTS)[0]
+        return acq if rand() < P_SAME_CHANNEL else _pick(rand, _RETURN_CHANNEL_DIST)
 
     def new_session(t: int) -> tuple[int, str]:
         """A site_visit opening a session at ``t``; returns when the next action happens and its channel."""
@@ -208,102 +249,113 @@ def _plan_customer(
         ev.append((t, "site_visit", ch, None, None))
         return t + _delay(rng, D_IN_SESSION), ch
 
-    # Awareness
+    # Awareness: an ad click and/or landing page, maybe a few more visits on later days.
     t = start
     if acq in PAID_CHANNELS and rand() < P_AD_CLICK_PAID:
-        ev.append((t, "ad_click", acq, None, {"campaign": f"{acq}-{rng.randrange(1, 13):02d}"}))
+        ev.append((t, "ad_click", acq, None, {"campaign": f"{acq}-{1 + int(rand() * 12):02d}"}))
         if rand() < P_LANDING_AFTER_CLICK:
             t += _delay(rng, D_LANDING)
-            ev.append((t, "site_visit", acq, None, {"page": rng.choice(LANDING_PAGES)}))
+            ev.append((t, "site_visit", acq, None, {"page": _one(rand, LANDING_PAGES)}))
     else:
-        props = {"page": rng.choice(LANDING_PAGES)} if rand() < 0.6 else None
+        props = {"page": _one(rand, LANDING_PAGES)} if rand() < 0.6 else None
         ev.append((t, "site_visit", acq, None, props))
-    for _ in range(choices((0, 1, 2), EXTRA_VISIT_WEIGHTS)[0]):
+    for _ in range(_pick(rand, _EXTRA_VISIT_DIST)):
         t += _delay(rng, D_RETURN_VISIT)
         if acq not in PAID_CHANNELS and rand() < P_AD_CLICK_UNPAID:
             ev.append((t, "ad_click", "display", None, {"campaign": "retargeting"}))
             t += _delay(rng, D_LANDING)
         ev.append((t, "site_visit", session_channel(), None, None))
-    dropped: str | None = "awareness"
+    if rand() >= P_PAST_AWARENESS:
+        return "awareness"
 
-    if rand() < P_PAST_AWARENESS:
-        # Consideration: a new session with 1-5 product views, signing up somewhere along the way.
-        dropped = "consideration"
-        t, ch = new_session(t + _delay(rng, D_TO_CONSIDERATION))
-        n_views = choices((1, 2, 3, 4, 5), PRODUCT_VIEW_WEIGHTS)[0]
-        signup_at = rng.randrange(n_views + 1)
-        skus = []
-        for k in range(n_views + 1):
-            if k == signup_at:
-                t += _delay(rng, D_SIGNUP)
-                ev.append((t, "signup", ch, None, {"method": rng.choice(SIGNUP_METHODS)}))
-            if k < n_views:
-                t += _delay(rng, D_VIEW)
-                sku = f"SKU-{rng.randrange(CATALOG_SIZE):04d}"
-                skus.append(sku)
-                ev.append((t, "product_view", ch, None, {"sku": sku, "page": f"/products/{sku.lower()}"}))
+    # Consideration: a new session with 1-5 product views, signing up somewhere along the way.
+    t, ch = new_session(t + _delay(rng, D_TO_CONSIDERATION))
+    n_views = _pick(rand, _PRODUCT_VIEW_DIST)
+    signup_at = int(rand() * (n_views + 1))
+    skus = []
+    for k in range(n_views + 1):
+        if k == signup_at:
+            t += _delay(rng, D_SIGNUP)
+            ev.append((t, "signup", ch, None, {"method": _one(rand, SIGNUP_METHODS)}))
+        if k < n_views:
+            t += _delay(rng, D_VIEW)
+            n_sku = int(rand() * CATALOG_SIZE)
+            skus.append(_SKUS[n_sku])
+            ev.append((t, "product_view", ch, None, {"sku": _SKUS[n_sku], "page": _SKU_PAGES[n_sku]}))
+    if rand() >= P_TO_CART:
+        return "consideration"
 
-        if rand() < P_TO_CART:
-            dropped = "purchase"
-            gap = _delay(rng, D_TO_CART)
-            if gap >= SESSION_GAP_MS:
-                t, ch = new_session(t + gap)
-            else:
-                t += gap
-            items = 1 + (rand() < 0.3)
-            ev.append((t, "add_to_cart", ch, None, {"sku": rng.choice(skus), "qty": 1}))
-            if rand() < P_TO_CHECKOUT:
-                t += _delay(rng, D_CHECKOUT)
-                ev.append((t, "checkout", ch, None, {"items": items}))
-                if rand() < P_TO_PURCHASE:
-                    t += _delay(rng, D_PAY)
-                    first_purchase = t
-                    amount = _money(rng, PURCHASE_MEDIAN, PURCHASE_SIGMA)
-                    purchases = [(t, amount, f"o{idx:06d}-1")]
-                    ev.append((t, "purchase", ch, amount, {"order_id": purchases[0][2], "items": items}))
+    # Purchase: cart (same or a later session), checkout, payment.
+    gap = _delay(rng, D_TO_CART)
+    if gap >= SESSION_GAP_MS:
+        t, ch = new_session(t + gap)
+    else:
+        t += gap
+    items = 1 + (rand() < 0.3)
+    ev.append((t, "add_to_cart", ch, None, {"sku": _one(rand, skus), "qty": 1}))
+    if rand() >= P_TO_CHECKOUT:
+        return "purchase"
+    t += _delay(rng, D_CHECKOUT)
+    ev.append((t, "checkout", ch, None, {"items": items}))
+    if rand() >= P_TO_PURCHASE:
+        return "purchase"
+    t += _delay(rng, D_PAY)
+    first_purchase = t
+    amount = _money(rng, PURCHASE_MEDIAN, PURCHASE_SIGMA)
+    purchases = [(t, amount, f"o{idx:06d}-1")]
+    ev.append((t, "purchase", ch, amount, {"order_id": purchases[0][2], "items": items}))
+    if rand() >= P_ONBOARD:
+        return "purchase"
 
-                    if rand() < P_ONBOARD:
-                        dropped = "retention"
-                        t_on, ch = new_session(t + _delay(rng, D_ONBOARD))
-                        ev.append((t_on, "onboarding_complete", ch, None, None))
-                        trait = n_views >= UPSELL_MIN_VIEWS or t_on - first_purchase <= UPSELL_FAST_ONBOARDING_MS
+    # Retention: onboarding, then independent branches (repeat orders, upgrade, refund, review).
+    t_on, ch = new_session(t + _delay(rng, D_ONBOARD))
+    ev.append((t_on, "onboarding_complete", ch, None, None))
+    trait = n_views >= UPSELL_MIN_VIEWS or t_on - first_purchase <= UPSELL_FAST_ONBOARDING_MS
 
-                        if rand() < P_REPEAT:
-                            tr = first_purchase
-                            for n in range(choices((1, 2, 3, 4), REPEAT_COUNT_WEIGHTS)[0]):
-                                tr += _delay(rng, D_REPEAT)
-                                ts, ch = new_session(tr)
-                                ev.append((ts, "add_to_cart", ch, None, {"sku": f"SKU-{rng.randrange(CATALOG_SIZE):04d}", "qty": 1}))
-                                ts += _delay(rng, D_CHECKOUT)
-                                ev.append((ts, "checkout", ch, None, {"items": 1}))
-                                ts += _delay(rng, D_PAY)
-                                amount = _money(rng, PURCHASE_MEDIAN, PURCHASE_SIGMA)
-                                order = f"o{idx:06d}-{n + 2}"
-                                purchases.append((ts, amount, order))
-                                ev.append((ts, "purchase", ch, amount, {"order_id": order, "items": 1}))
+    if rand() < P_REPEAT:
+        tr = first_purchase
+        for n in range(_pick(rand, _REPEAT_COUNT_DIST)):
+            tr += _delay(rng, D_REPEAT)
+            ts, ch = new_session(tr)
+            ev.append((ts, "add_to_cart", ch, None, {"sku": _one(rand, _SKUS), "qty": 1}))
+            ts += _delay(rng, D_CHECKOUT)
+            ev.append((ts, "checkout", ch, None, {"items": 1}))
+            ts += _delay(rng, D_PAY)
+            amount = _money(rng, PURCHASE_MEDIAN, PURCHASE_SIGMA)
+            order = f"o{idx:06d}-{n + 2}"
+            purchases.append((ts, amount, order))
+            ev.append((ts, "purchase", ch, amount, {"order_id": order, "items": 1}))
 
-                        if upsell_signal:
-                            p_upgrade = UPGRADE_P_TRAIT if trait else UPGRADE_P_BASE
-                        else:
-                            p_upgrade = UPGRADE_P_FLAT
-                        if rand() < p_upgrade:
-                            tu = t_on + _delay(rng, D_UPGRADE)
-                            price = _money(rng, UPGRADE_MEDIAN, UPGRADE_SIGMA)
-                            ev.append((tu, "upgrade", None, price, {"plan": rng.choice(UPGRADE_PLANS)}))
+    p_upgrade = (UPGRADE_P_TRAIT if trait else UPGRADE_P_BASE) if upsell_signal else UPGRADE_P_FLAT
+    if rand() < p_upgrade:
+        price = _money(rng, UPGRADE_MEDIAN, UPGRADE_SIGMA)
+        ev.append((t_on + _delay(rng, D_UPGRADE), "upgrade", None, price, {"plan": _one(rand, UPGRADE_PLANS)}))
 
-                        if rand() < P_REFUND:
-                            tp_, amount, order = rng.choice(purchases)
-                            part = 1.0 if rand() < P_FULL_REFUND else rng.uniform(0.2, 0.9)
-                            refund = math.floor(amount * part * 100) / 100  # floor: never above the order
-                            props = {"order_id": order, "reason": rng.choice(REFUND_REASONS)}
-                            ev.append((tp_ + _delay(rng, D_REFUND), "refund", None, refund, props))
+    if rand() < P_REFUND:
+        t_paid, amount, order = _one(rand, purchases)
+        if rand() >= P_FULL_REFUND:
+            amount = math.floor(amount * (0.2 + 0.7 * rand()) * 100) / 100  # floor: never above the order
+        props = {"order_id": order, "reason": _one(rand, REFUND_REASONS)}
+        ev.append((t_paid + _delay(rng, D_REFUND), "refund", None, amount, props))
 
-                        if rand() < P_REVIEW:
-                            dropped = None
-                            tv, ch = new_session(t_on + _delay(rng, D_REVIEW))
-                            rating = choices((1, 2, 3, 4, 5), REVIEW_RATING_WEIGHTS)[0]
-                            ev.append((tv, "review", ch, None, {"rating": rating}))
-    ev.sort(key=lambda e: e[0])
+    if rand() >= P_REVIEW:
+        return "retention"
+    # Advocacy
+    tv, ch = new_session(t_on + _delay(rng, D_REVIEW))
+    ev.append((tv, "review", ch, None, {"rating": _pick(rand, _RATING_DIST)}))
+    return None
+
+
+_by_time = operator.itemgetter(0)
+
+
+def _plan_customer(
+    rng: random.Random, idx: int, cid: str, start: int, now_ms: int, upsell_signal: bool, plan: _Plan
+) -> SimCustomer:
+    """Plan one journey, append its events up to ``now_ms`` to ``plan``, and return its ground truth."""
+    ev: Planned = []
+    dropped = _journey(rng, idx, start, upsell_signal, ev)
+    ev.sort(key=_by_time)
     touchpoints: list[tuple[str, int]] = []
     prev = -1
     upgraded = False
@@ -326,22 +378,28 @@ def _plan_customer(
     return SimCustomer(cid, tuple(touchpoints), None if cut else dropped, upgraded)
 
 
+_MINUTE_PREFIX: dict[int, str] = {}  # "YYYY-MM-DDTHH:MM:" per minute; formatting dates is the slow part
+
+
 def _timestamp(t_ms: int, fmt: int) -> str | int:
     """Event time in the given wire format (exact to the millisecond)."""
     if fmt == _TS_EPOCH:
         return t_ms
-    if fmt == _TS_ZULU:
-        s, ms = divmod(t_ms, 1000)
-        return f"{(_EPOCH + timedelta(seconds=s)).isoformat()}.{ms:03d}Z"
-    offset = _TS_OFFSET_MIN[fmt]
-    s, ms = divmod(t_ms + offset * MINUTE_MS, 1000)
-    return f"{(_EPOCH + timedelta(seconds=s)).isoformat()}.{ms:03d}+{offset // 60:02d}:{offset % 60:02d}"
+    offset, suffix = _TS_ZONES[fmt]
+    minute, rest = divmod(t_ms + offset * MINUTE_MS, MINUTE_MS)
+    prefix = _MINUTE_PREFIX.get(minute)
+    if prefix is None:
+        if len(_MINUTE_PREFIX) > 1_000_000:  # a year of minutes per zone: keep long-lived processes bounded
+            _MINUTE_PREFIX.clear()
+        prefix = _MINUTE_PREFIX[minute] = (_EPOCH + timedelta(minutes=minute)).isoformat()[:17]
+    sec, ms = divmod(rest, 1000)
+    return f"{prefix}{sec:02d}.{ms:03d}{suffix}"
 
 
 def _event_id(rng: random.Random) -> str:
     """A version-4-shaped UUID from the seeded generator (uuid.UUID() is several times slower)."""
-    h = f"{rng.getrandbits(128):032x}"
-    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{'89ab'[int(h[16], 16) & 3]}{h[17:20]}-{h[20:]}"
+    h = rng.getrandbits(128).to_bytes(16).hex()
+    return "-".join((h[:8], h[8:12], "4" + h[13:16], "a" + h[17:20], h[20:]))
 
 
 def _malformed(kind: str, doc: dict[str, Any], rng: random.Random, now_ms: int, t_ms: int) -> bytes:
@@ -367,6 +425,7 @@ def _malformed(kind: str, doc: dict[str, Any], rng: random.Random, now_ms: int, 
     elif kind == "negative_value":
         # Refunds sent as negative amounts: the classic sign bug.
         bad["touchpoint"] = "refund"
+        bad.pop("properties", None)
         bad["value"] = -max(bad.get("value") or _money(rng, PURCHASE_MEDIAN, PURCHASE_SIGMA), 0.01)
         bad["currency"] = CURRENCY
     elif kind == "future_timestamp":
@@ -424,8 +483,11 @@ def simulate(
         raise ValueError("customers must be >= 0")
     if days <= 0:
         raise ValueError("days must be > 0")
-    for name, share in (("duplicate_share", duplicate_share), ("late_share", late_share),
-                        ("malformed_share", malformed_share)):
+    for name, share in (
+        ("duplicate_share", duplicate_share),
+        ("late_share", late_share),
+        ("malformed_share", malformed_share),
+    ):
         if not 0.0 <= share < 1.0:
             raise ValueError(f"{name} must be in [0, 1)")
     valid_share = 1.0 - duplicate_share - malformed_share
@@ -436,28 +498,43 @@ def simulate(
     stream_seed = rng.getrandbits(64)  # the publish-order pass has its own generator
     span = max(1, int(days * DAY_MS))
     plan = _Plan([], [], [], [], [])
-    platforms: list[int] = []
+    platforms: list[str] = []
     truth = []
     width = max(6, len(str(max(customers - 1, 0))))
-    for idx in range(customers):
-        cid = f"c{idx:0{width}d}"
-        start = now_ms - span + rng.randrange(span + 1)
-        platforms.append(rng.choices((0, 1, 2), PLATFORM_WEIGHTS)[0])
-        truth.append(_plan_customer(rng, idx, cid, start, now_ms, upsell_signal, plan))
+    # Planning builds millions of small containers and frees none: the cyclic GC would only rescan them.
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        for idx in range(customers):
+            cid = f"c{idx:0{width}d}"
+            start = now_ms - span + int(rng.random() * (span + 1))
+            platforms.append(_pick(rng.random, _PLATFORM_DIST))
+            truth.append(_plan_customer(rng, idx, cid, start, now_ms, upsell_signal, plan))
+    finally:
+        if gc_was_enabled:
+            gc.enable()
 
     # Shares are of all records: per valid event, the chance of an extra duplicate / malformed one.
     p_dup = duplicate_share / valid_share
     p_mal = malformed_share / valid_share
     p_late = late_share / valid_share
+    cids = [c.customer_id for c in truth]
     records = _records(
-        plan, platforms, width, random.Random(stream_seed), now_ms, p_dup=p_dup, p_mal=p_mal, p_late=p_late
+        plan, cids, platforms, random.Random(stream_seed), now_ms, p_dup=p_dup, p_mal=p_mal, p_late=p_late
     )
     return truth, records
 
 
 def _records(
-    plan: _Plan, platforms: list[int], width: int, rng: random.Random, now_ms: int, *,
-    p_dup: float, p_mal: float, p_late: float,
+    plan: _Plan,
+    cids: list[str],
+    platforms: list[str],
+    rng: random.Random,
+    now_ms: int,
+    *,
+    p_dup: float,
+    p_mal: float,
+    p_late: float,
 ) -> Iterator[SimRecord]:
     """Serialise the plan in publish order, with late, duplicate and malformed records mixed in."""
     n = len(plan.times)
@@ -466,37 +543,35 @@ def _records(
     # One int per event (time, then index) sorts several times faster than tuples.
     order = [(t << shift) | i for i, t in enumerate(plan.times)]
     order.sort()
-    times, customer, tps, chans, extras = plan.times, plan.customer, plan.touchpoint, plan.channel, plan.extra
+    customer, tps, chans, extras = plan.customer, plan.touchpoint, plan.channel, plan.extra
     del plan
 
-    rand, choices, dumps = rng.random, rng.choices, orjson.dumps
-    formats = (WEB_TS_WEIGHTS, APP_TS_WEIGHTS, APP_TS_WEIGHTS)
-    pending: list[tuple[int, int, SimRecord]] = []  # (release at stream time, tie-break, record)
+    rand, dumps, event_id, timestamp = rng.random, orjson.dumps, _event_id, _timestamp
+    keys = [cid.encode() for cid in cids]
+    formats = _PLATFORM_TS_DIST
+    # Held-back records: (release at stream time, tie-break, kind, key, value, event time).
+    pending: list[tuple[int, int, str, bytes, bytes, int]] = []
     tie = itertools.count()
     mal_next = rng.randrange(len(MALFORMED_KINDS))  # cycle through the kinds from a seeded start
     max_valid = -1  # highest event time of a valid record published so far
 
-    def release(rec: SimRecord) -> SimRecord:
-        nonlocal max_valid
-        if rec.kind == "late" and rec.event_time_ms >= max_valid:
-            rec = SimRecord(rec.key, rec.value, "event", rec.event_time_ms)  # nothing newer got out first
-        if rec.event_time_ms > max_valid:
-            max_valid = rec.event_time_ms
-        return rec
+    ids_hex, id_pos = "", 0  # random bits for event ids, drawn in blocks (one call per event is slow)
 
     for k in order:
         i = k & mask
         t = k >> shift
         c = customer[i]
-        cid = f"c{c:0{width}d}"
-        key = cid.encode()
         tp = tps[i]
-        fmt_choices = BACKEND_TS_WEIGHTS if tp in BACKEND_TOUCHPOINTS else formats[platforms[c]]
+        fmt = _pick(rand, _BACKEND_TS_DIST if tp in BACKEND_TOUCHPOINTS else formats[platforms[c]])
+        if id_pos >= len(ids_hex):
+            ids_hex, id_pos = rng.getrandbits(128 * ID_BLOCK).to_bytes(16 * ID_BLOCK).hex(), 0
+        h = ids_hex[id_pos : id_pos + 32]
+        id_pos += 32
         doc: dict[str, Any] = {
-            "event_id": _event_id(rng),
-            "customer_id": cid,
+            "event_id": f"{h[:8]}-{h[8:12]}-4{h[13:16]}-a{h[17:20]}-{h[20:]}",  # shaped like a UUID v4
+            "customer_id": cids[c],
             "touchpoint": tp,
-            "timestamp": _timestamp(t, choices(*fmt_choices)[0]),
+            "timestamp": timestamp(t, fmt),
         }
         ch = chans[i]
         if ch is not None:
@@ -509,30 +584,40 @@ def _records(
                 doc["currency"] = CURRENCY
             if props is not None:
                 doc["properties"] = props
+        key = keys[c]
 
         if p_mal and rand() < p_mal:
             kind = MALFORMED_KINDS[mal_next % len(MALFORMED_KINDS)]
             mal_next += 1
-            bad = dict(doc, event_id=_event_id(rng))
+            bad = dict(doc, event_id=event_id(rng))
             yield SimRecord(key, _malformed(kind, bad, rng, now_ms, t), "malformed", t)
 
-        rec = SimRecord(key, dumps(doc), "event", t)
+        raw = dumps(doc)
         if p_late and rand() < p_late:
-            heapq.heappush(pending, (t + _delay(rng, D_LATE), next(tie), SimRecord(key, rec.value, "late", t)))
+            heapq.heappush(pending, (t + _delay(rng, D_LATE), next(tie), "late", key, raw, t))
         else:
-            yield release(rec)
+            if t > max_valid:
+                max_valid = t
+            yield SimRecord(key, raw, "event", t)
             if p_dup and rand() < p_dup:
-                heapq.heappush(pending, (t + _delay(rng, D_DUPLICATE), next(tie), SimRecord(key, rec.value, "duplicate", t)))
+                heapq.heappush(pending, (t + _delay(rng, D_DUPLICATE), next(tie), "duplicate", key, raw, t))
 
         # Held-back records go out once the stream has moved past their release time.
         while pending and pending[0][0] <= t:
-            out = release(heapq.heappop(pending)[2])
-            yield out
-            if out.kind == "late" and p_dup and rand() < p_dup:
-                heapq.heappush(pending, (t + _delay(rng, D_DUPLICATE), next(tie),
-                                         SimRecord(out.key, out.value, "duplicate", out.event_time_ms)))
-    while pending:
-        yield release(heapq.heappop(pending)[2])
+            _, _, kind, pkey, praw, pt = heapq.heappop(pending)
+            if kind == "late":
+                if pt >= max_valid:
+                    kind = "event"  # nothing newer got out first, so it is not out of order after all
+                elif p_dup and rand() < p_dup:
+                    heapq.heappush(pending, (t + _delay(rng, D_DUPLICATE), next(tie), "duplicate", pkey, praw, pt))
+            if pt > max_valid:
+                max_valid = pt
+            yield SimRecord(pkey, praw, kind, pt)
+    for _, _, kind, pkey, praw, pt in sorted(pending):
+        if kind == "late" and pt >= max_valid:
+            kind = "event"
+        max_valid = max(max_valid, pt)
+        yield SimRecord(pkey, praw, kind, pt)
 
 
 class _Progress:
@@ -583,6 +668,8 @@ MAX_CHUNK = 1000
 MAX_BURST_SECONDS = 0.5
 FLUSH_TIMEOUT_S = 120.0
 MAX_BLOCK_MS = 30_000
+# Bigger batches than the 16 KiB default: the pure-Python producer spends its time per batch, not per byte.
+BATCH_BYTES = 256 * 1024
 
 
 def publish(
@@ -603,7 +690,7 @@ def publish(
         When no broker is reachable, the topic cannot be written, or any record was not acknowledged.
     """
     from kafka import KafkaProducer
-    from kafka.errors import KafkaError, NoBrokersAvailable
+    from kafka.errors import KafkaError
 
     servers = ", ".join(bootstrap_servers)
     try:
@@ -612,19 +699,18 @@ def publish(
             client_id="journey-simulate",
             acks="all",  # keeps the idempotent producer on: retries never add duplicates we did not plan
             linger_ms=5,
+            batch_size=BATCH_BYTES,
             compression_type=None,
             max_block_ms=MAX_BLOCK_MS,
         )
-    except NoBrokersAvailable as exc:
-        raise PublishError(f"no Kafka broker reachable at {servers}") from exc
     except KafkaError as exc:
-        raise PublishError(f"cannot connect a Kafka producer to {servers}: {exc}") from exc
+        raise PublishError(f"cannot connect a Kafka producer to {servers} (is the broker up?): {exc!r}") from exc
 
     errors: list[BaseException] = []
     by_kind: Counter[str] = Counter()
     sent = 0
-    paced = bool(rate and rate > 0)
-    chunk = max(1, min(MAX_CHUNK, int(rate * CHUNK_SECONDS))) if paced else MAX_CHUNK
+    per_second = float(rate) if rate and rate > 0 else 0.0
+    chunk = max(1, min(MAX_CHUNK, int(per_second * CHUNK_SECONDS))) if per_second else MAX_CHUNK
     bar = _Progress(total, progress)
     started = time.monotonic()
     schedule = started  # when the records sent so far are due, under the rate
@@ -646,9 +732,8 @@ def publish(
                     by_kind[rec.kind] += 1
                 sent += len(batch)
                 now = time.monotonic()
-                if paced:
-                    assert rate is not None
-                    schedule = max(schedule, now - MAX_BURST_SECONDS) + len(batch) / rate
+                if per_second:
+                    schedule = max(schedule, now - MAX_BURST_SECONDS) + len(batch) / per_second
                     ahead = schedule - now
                     if ahead > 0:
                         if stop is not None:

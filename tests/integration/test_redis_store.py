@@ -14,7 +14,7 @@ from redis.asyncio import Redis
 from models.events import TouchpointEvent
 from models.journey import Outcome
 from streams.journey_file import load_journey_map
-from streams.journey_store import InMemoryJourneyStore, RedisJourneyStore
+from streams.journey_store import Arrival, InMemoryJourneyStore, RedisJourneyStore
 from streams.settings import DEFAULT_MAP, Settings
 
 JOURNEY = load_journey_map(DEFAULT_MAP)
@@ -40,19 +40,41 @@ events = st.lists(
 )
 
 
+def arrivals_of(batch: list[TouchpointEvent], wm: dict[int, int], lateness: int) -> list[Arrival]:
+    """Each event with its partition's watermark on arrival (what the pipeline computes)."""
+    out = []
+    for e in batch:
+        p = hash(e.customer_id) % 2
+        out.append(Arrival(e, p, wm.get(p, -(2**62))))
+        wm[p] = max(wm.get(p, -(2**62)), e.ts_ms - lateness)
+    return out
+
+
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(batches=st.lists(events, min_size=1, max_size=4))
-def test_redis_store_agrees_with_the_reference_model(stack: Settings, batches):
+@given(batches=st.lists(events, min_size=1, max_size=4), checks=st.lists(st.integers(0, 9 * DAY), max_size=3))
+def test_redis_store_agrees_with_the_reference_model(stack: Settings, batches, checks):
+    """State, outcomes, deadlines and every alert opened or resolved: identical, event for event."""
+
     async def run() -> None:
         redis = Redis.from_url(stack.redis_url)
         prefix = f"jt:test:{uuid.uuid4().hex[:8]}"
         real = RedisJourneyStore(redis, JOURNEY, prefix=prefix, dedupe_window_ms=WINDOW, path_length=6)
         model = InMemoryJourneyStore(JOURNEY, dedupe_window_ms=WINDOW, path_length=6)
+        wm: dict[int, int] = {}
         try:
             for batch in batches:
-                assert await real.apply(batch) == await model.apply(batch)
+                arrivals = arrivals_of(batch, wm, lateness=3_600_000)
+                after = {p: wm[p] for p in {a.partition for a in arrivals}}
+                assert await real.apply(arrivals, after) == await model.apply(arrivals, after)
+            for offset in checks:  # timer ticks with the watermark somewhere along the way
+                for p in (0, 1):
+                    assert await real.check_deadlines(p, T0 + offset) == await model.check_deadlines(p, T0 + offset)
+            for p in (0, 1):
+                assert await real.outbox(p) == await model.outbox(p)
             for cid in ("ann", "ben", "cy"):
+                p = hash(cid) % 2
                 assert strip(await real.get(cid)) == strip(await model.get(cid))
+                assert await real.get_deadlines(cid, p) == await model.get_deadlines(cid, p)
             assert await real.funnel() == await model.funnel()
         finally:
             keys = [k async for k in redis.scan_iter(match=f"{prefix}:*")]
@@ -68,11 +90,11 @@ async def test_dedupe_memory_stays_bounded_by_the_window(stack: Settings):
     prefix = f"jt:test:{uuid.uuid4().hex[:8]}"
     store = RedisJourneyStore(redis, JOURNEY, prefix=prefix, dedupe_window_ms=DAY, path_length=3)
     try:
-        batch = [TouchpointEvent(f"e{i}", "dee", "site_visit", T0 + i * DAY // 4) for i in range(40)]
-        assert await store.apply(batch) == [Outcome.APPLIED] * 40
+        batch = [Arrival(TouchpointEvent(f"e{i}", "dee", "site_visit", T0 + i * DAY // 4), 0, 0) for i in range(40)]
+        assert await store.apply(batch, {0: 0}) == [Outcome.APPLIED] * 40
         remembered = await redis.zcard(store.seen_key("dee"))
         assert remembered == 5  # the last day (inclusive) of event ids, not all 40
-        assert await store.apply([batch[0]]) == [Outcome.TOO_LATE]
+        assert await store.apply([batch[0]], {0: 0}) == [Outcome.TOO_LATE]
         state = await store.get("dee")
         assert state is not None and state.events == 40 and len(state.path) == 3
     finally:
@@ -92,10 +114,10 @@ async def test_a_batch_costs_one_script_call_per_customer_not_per_event(stack: S
         return int((await redis.info("commandstats")).get("cmdstat_evalsha", {}).get("calls", 0))
 
     try:
-        await store.apply([TouchpointEvent("warm", "w", "signup", T0)])  # loads the script
+        await store.apply([Arrival(TouchpointEvent("warm", "w", "signup", T0), 0, 0)], {0: 0})  # loads the script
         before = await evalsha_calls()
-        batch = [TouchpointEvent(f"e{i}", f"c{i % customers}", "signup", T0 + i) for i in range(600)]
-        assert await store.apply(batch) == [Outcome.APPLIED] * 600
+        batch = [Arrival(TouchpointEvent(f"e{i}", f"c{i % customers}", "signup", T0 + i), 0, 0) for i in range(600)]
+        assert await store.apply(batch, {0: 0}) == [Outcome.APPLIED] * 600
         assert await evalsha_calls() - before == customers
     finally:
         keys = [k async for k in redis.scan_iter(match=f"{prefix}:*")]

@@ -9,6 +9,7 @@ import orjson
 from models.events import Reason
 from streams.journey_file import load_journey_map
 from streams.journey_store import InMemoryJourneyStore
+from models.watermark import Watermarks
 from streams.pipeline import DeadLetter, Limits, PipelineStats, SourceRecord, advance_journeys
 from streams.settings import DEFAULT_MAP
 
@@ -37,6 +38,7 @@ async def run(records: list[SourceRecord], store: InMemoryJourneyStore, dlq: Lis
     return await advance_journeys(
         records, journey=JOURNEY, store=store, dead_letters=dlq,
         limits=Limits(max_payload_bytes=4096, max_future_ms=60_000), now_ms=NOW,
+        watermarks=Watermarks(allowed_lateness_ms=60_000, idle_timeout_ms=60_000),
     )
 
 
