@@ -47,6 +47,9 @@ YEAR_DAYS = 365.25
 # instance no visible dropout at all) and is reported as not converged.
 _LOG_BOUND = 20.0
 
+# Within this distance of a == 1, expected purchases are interpolated (see _expected_purchases).
+_A_NEAR_ONE = 1e-4
+
 
 @dataclass(frozen=True, slots=True)
 class BGNBDParams:
@@ -143,7 +146,7 @@ def bgnbd_log_likelihood(params: BGNBDParams, x: ArrayLike, t_x: ArrayLike, T: A
     --------
     >>> params = BGNBDParams(r=0.243, alpha=4.414, a=0.793, b=2.426)
     >>> bgnbd_log_likelihood(params, [0, 2], [0.0, 30.43], [38.86, 38.86]).round(4)
-    array([-0.9106, -8.3567])
+    array([-0.5547, -9.4586])
     """
     x, t_x, T = _rfm(x, t_x, T)
     r, alpha, a, b = params.r, params.alpha, params.a, params.b
@@ -205,7 +208,7 @@ def p_alive(params: BGNBDParams, x: ArrayLike, t_x: ArrayLike, T: ArrayLike) -> 
     >>> p_alive(params, 0, 0.0, 38.86)
     1.0
     >>> round(p_alive(params, 2, 30.43, 38.86), 4), round(p_alive(params, 2, 30.43, 60.0), 4)
-    (0.7417, 0.3914)
+    (0.7266, 0.5213)
     """
     x, t_x, T = _rfm(x, t_x, T)
     return _out(_p_alive(params, x, t_x, T))
@@ -231,7 +234,7 @@ def expected_purchases(
     >>> round(expected_purchases(params, 39, 2, 30.43, 38.86), 3)
     1.226
     >>> expected_purchases(params, [0, 39], 0, 0, 0).round(4)
-    array([0.    , 0.4735])
+    array([0.    , 1.1967])
     """
     x, t_x, T = _rfm(x, t_x, T)
     t = _times(t, "t")
@@ -247,15 +250,18 @@ def expected_purchases_new(params: BGNBDParams, t: ArrayLike) -> float | NDArray
     --------
     >>> params = BGNBDParams(r=0.243, alpha=4.414, a=0.793, b=2.426)
     >>> round(expected_purchases_new(params, 39), 4)
-    0.4735
+    1.1967
     """
     t = _times(t, "t")
     zero = np.zeros(())
     return _out(_expected_purchases(params, t, zero, zero, zero))
 
 
-def _p_alive(params: BGNBDParams, x: NDArray[np.float64], t_x: NDArray[np.float64], T: NDArray[np.float64]):
-    r, alpha, a, b = params.r, params.alpha, params.a, params.b
+def _p_alive(params: BGNBDParams, x, t_x, T):
+    return _p_alive_core(params.r, params.alpha, params.a, params.b, x, t_x, T)
+
+
+def _p_alive_core(r: float, alpha: float, a: float, b: float, x, t_x, T):
     x1 = np.maximum(x, 1.0)
     # log of the odds of having dropped out; in logs, ((α+T)/(α+t_x))^(r+x) cannot overflow.
     log_odds = math.log(a) - np.log(b + x1 - 1.0) + (r + x) * (np.log(alpha + T) - np.log(alpha + t_x))
@@ -264,16 +270,25 @@ def _p_alive(params: BGNBDParams, x: NDArray[np.float64], t_x: NDArray[np.float6
 
 def _expected_purchases(params: BGNBDParams, t, x, t_x, T):
     r, alpha, a, b = params.r, params.alpha, params.a, params.b
-    # At a == 1 the leading factor is 0/0 (the limit is finite); a hair off 1 the result
-    # changes by ~1e-9 relative and the subtraction below loses ~9 of 16 digits at worst.
-    if abs(a - 1.0) < 1e-9:
-        a = 1.0 + 1e-9
+    # The leading factor 1/(a-1) is 0/0 at a == 1 (the limit is finite), and near it the
+    # subtraction in _expected_core loses digits: about 1e-15/|a-1| relative. Within
+    # _A_NEAR_ONE of 1, interpolate between the two edges instead, which is exact to
+    # ~1e-11 from rounding and ~1e-8 from the curvature in a.
+    if abs(a - 1.0) < _A_NEAR_ONE:
+        lo = _expected_core(r, alpha, 1.0 - _A_NEAR_ONE, b, t, x, t_x, T)
+        hi = _expected_core(r, alpha, 1.0 + _A_NEAR_ONE, b, t, x, t_x, T)
+        expected = lo + (a - (1.0 - _A_NEAR_ONE)) / (2.0 * _A_NEAR_ONE) * (hi - lo)
+    else:
+        expected = _expected_core(r, alpha, a, b, t, x, t_x, T)
+    # Rounding can leave a tiny negative (or -0.0) as t -> 0; a count is never negative.
+    return np.maximum(expected, 0.0) + 0.0
+
+
+def _expected_core(r: float, alpha: float, a: float, b: float, t, x, t_x, T):
     z = t / (alpha + T + t)
     hyp = hyp2f1(a + b - 1.0 - r, a - 1.0, a + b + x - 1.0, z)
     gone = 1.0 - np.power(1.0 - z, a - 1.0) * hyp
-    expected = (a + b + x - 1.0) / (a - 1.0) * gone * _p_alive(params, x, t_x, T)
-    # Rounding can leave a tiny negative (or -0.0) as t -> 0; a count is never negative.
-    return np.maximum(expected, 0.0) + 0.0
+    return (a + b + x - 1.0) / (a - 1.0) * gone * _p_alive_core(r, alpha, a, b, x, t_x, T)
 
 
 # --------------------------------------------------------------------------- Gamma-Gamma
@@ -289,7 +304,7 @@ def gamma_gamma_log_likelihood(params: GammaGammaParams, x: ArrayLike, m: ArrayL
     --------
     >>> gg = GammaGammaParams(p=6.25, q=3.74, v=15.44)
     >>> gamma_gamma_log_likelihood(gg, [1, 4], [20.0, 35.0]).round(4)
-    array([-4.0129, -5.2656])
+    array([-3.5942, -4.0473])
     """
     x, m = _spend(x, m)
     if np.any(x <= 0) or np.any(m <= 0):
@@ -358,7 +373,7 @@ def expected_spend(gg: GammaGammaParams, x: ArrayLike, m: ArrayLike) -> float | 
     --------
     >>> gg = GammaGammaParams(p=6.25, q=3.74, v=15.44)
     >>> round(expected_spend(gg, 0, 0.0), 2), round(expected_spend(gg, 4, 60.0), 2)
-    (35.22, 56.04)
+    (35.22, 57.55)
     """
     if gg.q <= 1.0:
         raise ValueError(f"the Gamma-Gamma population mean is infinite when q <= 1 (q = {gg.q})")
@@ -448,12 +463,12 @@ def discounted_clv(
 
     Examples
     --------
-    >>> bg = BGNBDParams(r=0.243, alpha=4.414 / 7, a=0.793, b=2.426)  # CDNOW, in days
+    >>> bg = BGNBDParams(r=0.243, alpha=4.414 * 7, a=0.793, b=2.426)  # CDNOW, weeks turned into days
     >>> gg = GammaGammaParams(p=6.25, q=3.74, v=15.44)
     >>> clv = discounted_clv(bg, gg, [0, 4], [0, 200], [270, 270], [0.0, 60.0],
     ...                      horizon_days=365, margin=0.3, annual_discount_rate=0.1)
     >>> clv.round(2)
-    array([ 1.45, 23.79])
+    array([ 2.81, 46.59])
     >>> discounted_clv(bg, gg, 4, 200, 270, 60.0, horizon_days=365, margin=0.3, annual_discount_rate=0.0) > clv[1]
     True
     """
@@ -503,11 +518,11 @@ def predict(
 
     Examples
     --------
-    >>> bg = BGNBDParams(r=0.243, alpha=4.414 / 7, a=0.793, b=2.426)
+    >>> bg = BGNBDParams(r=0.243, alpha=4.414 * 7, a=0.793, b=2.426)  # CDNOW, weeks turned into days
     >>> gg = GammaGammaParams(p=6.25, q=3.74, v=15.44)
     >>> fitted = FitResult(bg, gg, 2357, 946, -9582.4, -4000.0, True)
     >>> predict(fitted, x=4, t_x=200, T=270, m=60.0, horizon_days=365, margin=0.3, annual_discount_rate=0.1)
-    Prediction(expected_purchases=1.44..., p_alive=0.60..., expected_value=56.04..., predicted_clv=23.79...)
+    Prediction(expected_purchases=2.828..., p_alive=0.6577..., expected_value=57.55..., predicted_clv=46.58...)
     """
     xa, txa, Ta = _rfm(x, t_x, T)
     horizon = float(_times(horizon_days, "horizon_days"))

@@ -401,16 +401,18 @@ class PertNetwork:
         order = _topological(names, succ, {n: [a.source for a in self._in[n]] for n in names})
         setattr_("_nodes", tuple(order))
 
-        # Forward pass. Among arrivals that tie for the latest, the one whose own longest path
-        # is the smallest by names wins: so each node's longest path, and the variance taken
-        # from it, is the lexicographically smallest one, and the critical path's prefixes
-        # are exactly those paths (probability_by agrees with critical_path()).
+        # Forward pass. Among arrivals that tie for the latest, the one giving the smallest path
+        # by names wins: so each node's longest path, and the variance taken from it, is the
+        # lexicographically smallest one, and the critical path's prefixes are exactly those
+        # paths (probability_by agrees with critical_path()).
         earliest: dict[str, float] = {self.start: 0.0}
         variance: dict[str, float] = {self.start: 0.0}
         best: dict[str, tuple[str, ...]] = {self.start: (self.start,)}
         for v in order[1:]:
             arrivals = [(earliest[a.source] + a.expected, a) for a in self._in[v]]
             top = max(t for t, _ in arrivals)
+            # Compare whole paths to v, not the paths to the predecessors: ("a",) < ("a", "b")
+            # but ("a", "v") > ("a", "b", "v").
             via = min((a for t, a in arrivals if _close(t, top)), key=lambda a: best[a.source])
             earliest[v] = top
             variance[v] = variance[via.source] + via.variance
@@ -422,7 +424,7 @@ class PertNetwork:
         latest: dict[str, float] = {}
         for u in reversed(order):
             leaving = self._out[u]
-            latest[u] = min(latest[a.target] - a.expected for a in leaving) if leaving else earliest[u]
+            latest[u] = min(latest[a.target] - a.expected for a in leaving) if leaving else end
 
         timings: dict[str, NodeTiming] = {}
         for n in order:

@@ -188,15 +188,35 @@ def make_worker_env(stack: Settings, tmp: Path, **overrides: str) -> dict[str, s
     return env
 
 
+def settings_of(env: dict[str, str]) -> Settings:
+    return Settings(**{k.removeprefix("JOURNEY_").lower(): v for k, v in env.items() if k.startswith("JOURNEY_")})
+
+
 @pytest.fixture(scope="module")
-def worker(stack: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
-    """A running worker for this test module; stopped and cleaned up afterwards."""
-    tmp = tmp_path_factory.mktemp("worker")
-    env = make_worker_env(stack, tmp)
-    settings = Settings(**{k.removeprefix("JOURNEY_").lower(): v for k, v in env.items() if k.startswith("JOURNEY_")})
-    w = WorkerProcess(settings, env, tmp / "worker.log")
+def worker_factory(stack: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., WorkerProcess]]:
+    """Make (not start) workers with their own topics, group, prefix and port; cleaned up at the end.
+
+    Keyword arguments are extra environment variables, e.g. ``JOURNEY_IDLE_TIMEOUT="1h"``.
+    """
+    made: list[WorkerProcess] = []
+
+    def make(**overrides: str) -> WorkerProcess:
+        tmp = tmp_path_factory.mktemp("worker")
+        env = make_worker_env(stack, tmp, **overrides)
+        w = WorkerProcess(settings_of(env), env, tmp / "worker.log")
+        made.append(w)
+        return w
+
+    yield make
+    for w in made:
+        w.stop()
+        w.producer.close()
+        _cleanup(w.settings)
+
+
+@pytest.fixture(scope="module")
+def worker(worker_factory: Callable[..., WorkerProcess]) -> WorkerProcess:
+    """A running worker for this test module."""
+    w = worker_factory()
     w.start()
-    yield w
-    w.stop()
-    w.producer.close()
-    _cleanup(settings)
+    return w

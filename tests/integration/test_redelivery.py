@@ -9,8 +9,7 @@ import orjson
 import pytest
 import redis
 
-from streams.settings import Settings
-from tests.integration.conftest import WorkerProcess, make_worker_env, wait_for
+from tests.integration.conftest import WorkerProcess, wait_for
 
 CUSTOMERS = 400
 EVENTS = 30_000
@@ -18,18 +17,9 @@ TOUCHPOINTS = ["site_visit", "product_view", "add_to_cart", "purchase", "review"
 
 
 @pytest.fixture(scope="module")
-def slow_committer(stack: Settings, tmp_path_factory: pytest.TempPathFactory):
+def slow_committer(worker_factory) -> WorkerProcess:
     # A long commit interval guarantees the kill lands between Redis writes and the offset commit.
-    tmp = tmp_path_factory.mktemp("redelivery")
-    env = make_worker_env(stack, tmp, JOURNEY_COMMIT_INTERVAL="120s")
-    settings = Settings(**{k.removeprefix("JOURNEY_").lower(): v for k, v in env.items() if k.startswith("JOURNEY_")})
-    w = WorkerProcess(settings, env, tmp / "worker.log")
-    yield w
-    w.stop()
-    w.producer.close()
-    from tests.integration.conftest import _cleanup
-
-    _cleanup(settings)
+    return worker_factory(JOURNEY_COMMIT_INTERVAL="120s")
 
 
 def test_kill_minus_nine_and_restart_leaves_every_count_exact(slow_committer: WorkerProcess):

@@ -341,8 +341,12 @@ def networks(draw, floats: bool = False) -> list[Activity]:
     if n > 2:
         candidates = [(i, j) for j in range(n) for i in range(j)]
         edges |= set(draw(st.lists(st.sampled_from(candidates), max_size=2 * n)))
-    # Whole seconds make ties exact (up to float rounding), so "longest" is unambiguous.
-    duration = st.floats(0, 1e6, allow_nan=False, allow_infinity=False) if floats else st.integers(0, 200)
+    if floats:
+        duration = st.floats(0, 1e6, allow_nan=False, allow_infinity=False)
+    else:
+        # Whole seconds make ties exact (up to float rounding), so "longest" is unambiguous;
+        # half of the networks use only a few values, so that equally long paths are common.
+        duration = draw(st.sampled_from([st.integers(0, 200), st.sampled_from([0, 6, 12])]))
     acts = []
     for i, j in draw(st.permutations(sorted(edges))):  # in a random order: results must not depend on it
         o, m, p = sorted(draw(st.lists(duration, min_size=3, max_size=3)))
@@ -445,3 +449,17 @@ def test_probability_is_a_distribution_function_and_inverts(acts, data):
     else:
         assert net.probability_by(node, timing.earliest) == 1.0
         assert net.time_for_probability(node, 0.9) == timing.earliest
+
+
+@settings(max_examples=200, deadline=None)
+@given(networks())
+def test_critical_path_is_the_smallest_longest_path_by_name_and_carries_the_variances(acts):
+    net = PertNetwork.build(acts)
+    paths = all_paths(net)
+    longest = max(length(net, p) for p in paths)
+    assert net.critical_path() == min(p for p in paths if close(length(net, p), longest))
+    # probability_by uses the variance of the same path the alerts follow.
+    var = {(a.source, a.target): a.variance for a in acts}
+    path, timings = net.critical_path(), net.node_timings()
+    for k, node in enumerate(path):
+        assert close(timings[node].variance, sum(var[u, v] for u, v in zip(path[:k], path[1 : k + 1], strict=False)))

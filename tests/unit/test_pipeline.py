@@ -7,9 +7,9 @@ from collections.abc import Sequence
 import orjson
 
 from models.events import Reason
+from models.watermark import Watermarks
 from streams.journey_file import load_journey_map
 from streams.journey_store import InMemoryJourneyStore
-from models.watermark import Watermarks
 from streams.pipeline import DeadLetter, Limits, PipelineStats, SourceRecord, advance_journeys
 from streams.settings import DEFAULT_MAP
 

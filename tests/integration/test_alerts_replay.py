@@ -1,0 +1,156 @@
+"""Scripted customers replayed through the real Kafka and Redis give exactly the expected alerts:
+none for customers who progress in time, one per stall, `resolved` when they move on; the
+same again on a replay, and nothing new when every event is delivered twice."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import orjson
+import pytest
+from kafka import KafkaConsumer
+
+from tests.integration.conftest import WorkerProcess
+
+MIN = 60_000
+FULL_JOURNEY = [
+    ("ad_click", 0), ("site_visit", 1), ("signup", 10), ("add_to_cart", 60), ("checkout", 70),
+    ("purchase", 72), ("onboarding_complete", 600), ("review", 3000),
+]
+# Default map: add_to_cart -> checkout is due within TE + 2σ = 66.5 min; the purchase stage
+# allows 1 day of silence; `review` ends the critical path and advocacy has no silence limit.
+EXPECTED = {
+    ("staller", "stalled_critical_path", "open", "add_to_cart"),
+    ("staller", "drop_off", "open", "add_to_cart"),
+    ("resumer", "stalled_critical_path", "open", "add_to_cart"),
+    ("resumer", "stalled_critical_path", "resolved", "add_to_cart"),
+}
+
+
+def script(t0: int) -> list[tuple[int | None, dict[str, object]]]:
+    """(partition or None, event) in publish order: by event time, except the late ones,
+    which are published when the stream has reached ``sent``; clock events tick every partition."""
+    timeline: list[tuple[float, int, int | None, dict[str, object]]] = []
+
+    def ev(cid: str, tp: str, minute: float, sent: float | None = None) -> None:
+        event = {"event_id": f"{cid}:{tp}:{minute}", "customer_id": cid, "touchpoint": tp,
+                 "timestamp": t0 + int(minute * MIN)}
+        timeline.append((minute if sent is None else sent, len(timeline), None, event))
+
+    def clock(minute: float) -> None:
+        for p in (0, 1):
+            cid = f"clock-{p}"  # `review` only: no deadline of their own
+            event = {"event_id": f"{cid}:{minute}", "customer_id": cid, "touchpoint": "review",
+                     "timestamp": t0 + int(minute * MIN)}
+            timeline.append((minute, len(timeline), p, event))
+
+    for tp, minute in FULL_JOURNEY:
+        ev("ontime", tp, minute)
+    for tp, minute in [("ad_click", 0), ("site_visit", 2), ("signup", 5), ("add_to_cart", 30)]:
+        ev("staller", tp, minute)
+    for tp, minute in [("ad_click", 0), ("site_visit", 1), ("signup", 3), ("add_to_cart", 20)]:
+        ev("resumer", tp, minute)
+    for tp, minute in [("ad_click", 0), ("site_visit", 1), ("signup", 2), ("add_to_cart", 10)]:
+        ev("saver", tp, minute)
+    clock(60)  # watermark 55 min: nothing due yet
+    for tp, minute in [("checkout", 40), ("purchase", 45)]:
+        ev("saver", tp, minute, sent=61)  # late, but before its deadline (76.5 min) passed: cancels it
+    for tp, minute in [("onboarding_complete", 100), ("review", 200)]:
+        ev("saver", tp, minute)
+    clock(200)  # watermark 195: staller (due 96.5) and resumer (due 86.5) stall
+    for tp, minute in [("checkout", 300), ("purchase", 302), ("onboarding_complete", 400), ("review", 500)]:
+        ev("resumer", tp, minute)  # moves on: resolved
+    clock(2000)  # watermark 1995: the staller has been silent in `purchase` for more than a day
+    clock(3000)
+    return [(p, e) for _, _, p, e in sorted(timeline, key=lambda x: (x[0], x[1]))]
+
+
+def publish(w: WorkerProcess, events: list[tuple[int | None, dict[str, object]]]) -> None:
+    for partition, e in events:
+        key = str(e["customer_id"]).encode()
+        w.producer.send(w.settings.touchpoints_topic, key=key, value=orjson.dumps(e), partition=partition)
+    w.producer.flush()
+
+
+def read_alerts(w: WorkerProcess, at_least: int, timeout: float = 60, settle: float = 3.0) -> list[dict]:
+    """Every alert message on the worker's alerts topic: wait for ``at_least``, then a little more."""
+    consumer = KafkaConsumer(
+        w.settings.alerts_topic,
+        bootstrap_servers=w.settings.bootstrap_servers,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        consumer_timeout_ms=500,
+    )
+    got: list[dict] = []
+    deadline = time.monotonic() + timeout
+    settled_at = None
+    try:
+        while time.monotonic() < deadline:
+            got.extend(orjson.loads(m.value) for m in consumer if m.value is not None)
+            if len(got) >= at_least:
+                settled_at = settled_at or time.monotonic()
+                if time.monotonic() - settled_at >= settle:
+                    break
+    finally:
+        consumer.close()
+    return got
+
+
+def summary(alerts: list[dict]) -> set[tuple[str, str, str, str]]:
+    return {(a["customer_id"], a["type"], a["status"], a["touchpoint"]) for a in alerts}
+
+
+@pytest.fixture(scope="module")
+def replay(worker_factory: Callable[..., WorkerProcess]):
+    # Wall clock out of the picture: only event time drives the watermark in this module.
+    w = worker_factory(JOURNEY_IDLE_TIMEOUT="1h", JOURNEY_ALLOWED_LATENESS="5m", JOURNEY_DEADLINE_CHECK_INTERVAL="0.2s")
+    w.start()
+    t0 = int(time.time() * 1000) - 3 * 86_400_000
+    events = script(t0)
+    publish(w, events)
+    return w, events
+
+
+def test_exactly_the_expected_alerts_and_none_for_customers_on_time(replay):
+    w, _ = replay
+    alerts = read_alerts(w, at_least=len(EXPECTED))
+    assert summary(alerts) == EXPECTED
+    assert len(alerts) == len(EXPECTED)  # one per stall, one resolved: no repeats
+
+    by_key = {(a["customer_id"], a["type"], a["status"]): a for a in alerts}
+    stall = by_key[("staller", "stalled_critical_path", "open")]
+    assert stall["next_touchpoint"] == "checkout" and stall["stage"] == "purchase"
+    assert stall["expected_seconds"] == pytest.approx(66.5 * 60)
+    assert stall["elapsed_seconds"] >= stall["expected_seconds"]
+    assert stall["severity"] == "high" and "has not reached checkout" in stall["reason"]
+    drop = by_key[("staller", "drop_off", "open")]
+    assert drop["expected_seconds"] == 86_400 and drop["stage"] == "purchase"
+    opened = by_key[("resumer", "stalled_critical_path", "open")]
+    resolved = by_key[("resumer", "stalled_critical_path", "resolved")]
+    assert opened["alert_id"] == resolved["alert_id"] and resolved["severity"] == "info"
+
+
+def test_delivering_every_event_again_produces_no_new_alert(replay):
+    w, events = replay
+    first = read_alerts(w, at_least=len(EXPECTED))
+    publish(w, events)  # every event a second time: all duplicates
+    again = read_alerts(w, at_least=len(first), settle=5.0)
+    assert sorted(a["alert_id"] + a["status"] for a in again) == sorted(a["alert_id"] + a["status"] for a in first)
+    stats = w.get("/worker/stats")[1]
+    assert stats["duplicates"] >= len(events)
+
+
+def test_a_fresh_replay_of_the_same_events_yields_the_same_alert_ids(replay, worker_factory):
+    w, _ = replay
+    first = read_alerts(w, at_least=len(EXPECTED))
+    # A second worker, new consumer group and new Redis prefix, reading the same recorded topic.
+    w2 = worker_factory(
+        JOURNEY_IDLE_TIMEOUT="1h",
+        JOURNEY_ALLOWED_LATENESS="5m",
+        JOURNEY_DEADLINE_CHECK_INTERVAL="0.2s",
+        JOURNEY_TOUCHPOINTS_TOPIC=w.settings.touchpoints_topic,
+    )
+    w2.start()
+    second = read_alerts(w2, at_least=len(EXPECTED))
+    assert {(a["alert_id"], a["status"]) for a in second} == {(a["alert_id"], a["status"]) for a in first}
