@@ -417,9 +417,7 @@ def fit(x: ArrayLike, t_x: ArrayLike, T: ArrayLike, m: ArrayLike | None = None) 
     if n < MIN_CUSTOMERS:
         return InsufficientData(f"{n} customers, fewer than the {MIN_CUSTOMERS} needed", n, n_repeat)
     if n_repeat < MIN_REPEAT_CUSTOMERS:
-        return InsufficientData(
-            f"{n_repeat} repeat buyers, fewer than the {MIN_REPEAT_CUSTOMERS} needed", n, n_repeat
-        )
+        return InsufficientData(f"{n_repeat} repeat buyers, fewer than the {MIN_REPEAT_CUSTOMERS} needed", n, n_repeat)
     bg, ll_bg, converged = fit_bgnbd(x, t_x, T)
     gg: GammaGammaParams | None = None
     ll_gg: float | None = None
@@ -468,9 +466,9 @@ def discounted_clv(
     >>> clv = discounted_clv(bg, gg, [0, 4], [0, 200], [270, 270], [0.0, 60.0],
     ...                      horizon_days=365, margin=0.3, annual_discount_rate=0.1)
     >>> clv.round(2)
-    array([ 2.81, 46.59])
-    >>> discounted_clv(bg, gg, 4, 200, 270, 60.0, horizon_days=365, margin=0.3, annual_discount_rate=0.0) > clv[1]
-    True
+    array([ 2.56, 44.93])
+    >>> round(discounted_clv(bg, gg, 4, 200, 270, 60.0, horizon_days=365, margin=0.3, annual_discount_rate=0.0), 2)
+    47.11
     """
     x, t_x, T = _rfm(x, t_x, T)
     horizon = _times(horizon_days, "horizon_days")
@@ -522,7 +520,7 @@ def predict(
     >>> gg = GammaGammaParams(p=6.25, q=3.74, v=15.44)
     >>> fitted = FitResult(bg, gg, 2357, 946, -9582.4, -4000.0, True)
     >>> predict(fitted, x=4, t_x=200, T=270, m=60.0, horizon_days=365, margin=0.3, annual_discount_rate=0.1)
-    Prediction(expected_purchases=2.828..., p_alive=0.6577..., expected_value=57.55..., predicted_clv=46.58...)
+    Prediction(expected_purchases=2.728..., p_alive=0.6898..., expected_value=57.55..., predicted_clv=44.93...)
     """
     xa, txa, Ta = _rfm(x, t_x, T)
     horizon = float(_times(horizon_days, "horizon_days"))
@@ -632,7 +630,11 @@ def _minimize(objective, start: NDArray[np.float64]) -> tuple[NDArray[np.float64
         # L-BFGS-B with finite-difference gradients often stops on a line-search failure
         # near the optimum; a derivative-free polish settles it.
         result = minimize(
-            objective, theta, method="Nelder-Mead", bounds=bounds, options={"xatol": 1e-7, "fatol": 1e-10, "maxiter": 4000}
+            objective,
+            theta,
+            method="Nelder-Mead",
+            bounds=bounds,
+            options={"xatol": 1e-7, "fatol": 1e-10, "maxiter": 4000},
         )
         theta, success = result.x, bool(result.success)
     at_bound = bool(np.any(np.abs(theta) > _LOG_BOUND - 1e-3))

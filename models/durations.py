@@ -76,7 +76,7 @@ def format_duration(seconds: float) -> str:
     >>> format_duration(0.25)
     '250ms'
     """
-    if seconds < 1:
+    if 0 < seconds < 1:
         return f"{round(seconds * 1000)}ms"
     out = []
     rest = round(seconds)

@@ -413,7 +413,7 @@ class PertNetwork:
             top = max(t for t, _ in arrivals)
             # Compare whole paths to v, not the paths to the predecessors: ("a",) < ("a", "b")
             # but ("a", "v") > ("a", "b", "v").
-            via = min((a for t, a in arrivals if _close(t, top)), key=lambda a: best[a.source])
+            via = min((a for t, a in arrivals if _close(t, top)), key=lambda a: (*best[a.source], v))
             earliest[v] = top
             variance[v] = variance[via.source] + via.variance
             best[v] = (*best[via.source], v)

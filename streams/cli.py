@@ -125,14 +125,25 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_map(args: argparse.Namespace) -> int:
+    from streams.map_view import describe, render_svg
+
     path: Path = args.file or _settings().map
     journey = load_journey_map(path)
     if args.action == "check":
-        print(f"{path}: OK ({len(journey.stages)} stages, {len(journey.touchpoints)} touchpoints)")
+        flow = f", {len(journey.flow.activities)} activities" if journey.flow else ""
+        print(f"{path}: OK ({len(journey.stages)} stages, {len(journey.touchpoints)} touchpoints{flow})")
         return 0
-    for rank, stage in enumerate(journey.stages):
-        tps = [tp for tp, s in journey.touchpoints.items() if s == stage]
-        print(f"{rank + 1}. {stage:<14} {', '.join(tps)}")
+    if args.action == "show":
+        print(describe(journey))
+        return 0
+    if journey.flow is None:
+        raise UserError(f"{path} has no flow: section to draw")
+    out: Path = args.output
+    try:
+        out.write_text(render_svg(journey), encoding="utf-8")
+    except OSError as exc:
+        raise UserError(f"cannot write {out}: {exc.strerror or exc}") from None
+    print(f"wrote {out} (critical path in red)")
     return 0
 
 
@@ -199,9 +210,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exit-when-drained", action="store_true", help="stop once every event is processed")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("map", help="check or show a journey map")
-    p.add_argument("action", choices=["check", "show"])
+    p = sub.add_parser("map", help="check, show or draw a journey map")
+    p.add_argument("action", choices=["check", "show", "render"])
     p.add_argument("file", nargs="?", type=Path, help="map file (default: JOURNEY_MAP or the built-in map)")
+    p.add_argument("-o", "--output", type=Path, default=Path("journey-map.svg"), help="render: SVG file to write")
     p.set_defaults(func=cmd_map)
 
     p = sub.add_parser("customer", help="print one customer's journey state")

@@ -427,13 +427,19 @@ def test_matches_the_lifetimes_package(base: Population, fitted: FitResult):
         x, t_x, T, m = base.x, base.t_x, base.T, base.m
         rep = x > 0
 
-        theirs_ll = -lifetimes.BetaGeoFitter._negative_log_likelihood(
-            np.log([bg.r, bg.alpha, bg.a, bg.b]), x, t_x, T, np.ones(x.size), 0.0
-        ) * x.size
+        theirs_ll = (
+            -lifetimes.BetaGeoFitter._negative_log_likelihood(
+                np.log([bg.r, bg.alpha, bg.a, bg.b]), x, t_x, T, np.ones(x.size), 0.0
+            )
+            * x.size
+        )
         assert fitted.log_likelihood_bgnbd == pytest.approx(theirs_ll, rel=1e-10)
-        theirs_gg_ll = -lifetimes.GammaGammaFitter._negative_log_likelihood(
-            np.log([gg.p, gg.q, gg.v]), x[rep], m[rep], np.ones(rep.sum()), 0.0
-        ) * rep.sum()
+        theirs_gg_ll = (
+            -lifetimes.GammaGammaFitter._negative_log_likelihood(
+                np.log([gg.p, gg.q, gg.v]), x[rep], m[rep], np.ones(rep.sum()), 0.0
+            )
+            * rep.sum()
+        )
         assert fitted.log_likelihood_gg == pytest.approx(theirs_gg_ll, rel=1e-10)
 
         bgf = lifetimes.BetaGeoFitter().fit(x, t_x, T)
