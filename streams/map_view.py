@@ -19,7 +19,9 @@ def describe(journey: JourneyMap) -> str:
     if journey.flow is None:
         lines.append("\nNo flow: stall alerts are off (add `flow:` to the map).")
         return "\n".join(lines)
-    lines.append(f"\nFlow (TE = (o+4m+p)/6, σ = (p−o)/6; stall alert after TE + {journey.stall_z:g}σ on the critical path):")
+    lines.append(
+        f"\nFlow (TE = (o+4m+p)/6, σ = (p−o)/6; stall alert after TE + {journey.stall_z:g}σ on the critical path):"
+    )
     header = f"  {'activity':<40} {'o':>7} {'m':>7} {'p':>7} {'TE':>8} {'σ':>8} {'slack':>8}  stall after"
     lines.append(header)
     for t in journey.flow.activity_timings():
@@ -96,7 +98,9 @@ def render_svg(journey: JourneyMap) -> str:
             f'<rect x="{x}" y="{y}" width="{box_w}" height="{box_h}" rx="8" fill="#f7f7f7" '
             f'stroke="{stroke}" stroke-width="{2.5 if crit else 1}"/>'
         )
-        out.append(f'<text x="{x + box_w / 2}" y="{y + 18}" text-anchor="middle" font-weight="bold">{escape(node)}</text>')
+        out.append(
+            f'<text x="{x + box_w / 2}" y="{y + 18}" text-anchor="middle" font-weight="bold">{escape(node)}</text>'
+        )
         stage = journey.touchpoints.get(node, "")
         out.append(f'<text x="{x + box_w / 2}" y="{y + 34}" text-anchor="middle" fill="#666">{escape(stage)}</text>')
     out.append("</svg>")
