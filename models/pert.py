@@ -168,6 +168,8 @@ def _validate(activities: tuple[Activity, ...], start: str | None) -> tuple[list
 
     # The graph problems are judged on the well-formed edges only, so that one bad entry is
     # reported once rather than again as a cycle or an unreachable node.
+    if not first:
+        return problems, None
     succ: dict[str, list[str]] = {}
     pred: dict[str, list[str]] = {}
     for s, t in first:

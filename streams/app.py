@@ -18,7 +18,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from models.alerts import render
 from models.journey_map import JourneyMap
 from models.watermark import PartitionClock, Watermarks
-from streams.journey_file import load_journey_map
+from streams.journey_file import MapFileError, load_journey_map
 from streams.journey_store import RedisJourneyStore
 from streams.pipeline import BatchResult, DeadLetter, Limits, PipelineStats, SourceRecord, advance_journeys
 from streams.settings import Settings
@@ -109,6 +109,27 @@ class Worker:
         self.stats = PipelineStats()
         self.started_at = time.time()
         self.alerts: KafkaAlerts | None = None
+        self.map_mtime = settings.map.stat().st_mtime if settings.map.exists() else None
+
+    def reload_map_if_changed(self) -> bool:
+        """Use the map file's new contents if it changed and is valid; keep the old map otherwise."""
+        try:
+            mtime = self.settings.map.stat().st_mtime
+        except OSError:
+            return False
+        if mtime == self.map_mtime:
+            return False
+        self.map_mtime = mtime
+        try:
+            journey = load_journey_map(self.settings.map)
+        except MapFileError as exc:
+            log.error("journey map changed but is invalid; keeping the previous one:\n%s", exc)
+            return False
+        self.journey = journey
+        self.store.use_map(journey)
+        path = " -> ".join(journey.critical_path)
+        log.info("journey map reloaded from %s (critical path: %s)", self.settings.map, path)
+        return True
 
     @property
     def watermarks_key(self) -> str:
@@ -235,6 +256,10 @@ def create_app(settings: Settings, journey: JourneyMap | None = None) -> faust.A
         except _RETRYABLE as exc:
             worker.stats.redis_errors += 1
             log.warning("deadline check skipped, Redis unavailable: %s", exc)
+
+    @app.timer(interval=5.0, on_leader=False)
+    async def reload_map() -> None:
+        worker.reload_map_if_changed()
 
     @app.on_after_configured.connect  # type: ignore[misc]
     def _announce(app: faust.App, **kwargs: Any) -> None:  # noqa: ARG001

@@ -181,6 +181,57 @@ def cmd_customer(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_gaps(args: argparse.Namespace) -> int:
+    import time
+
+    from redis.asyncio import Redis
+
+    from models.durations import format_duration
+    from models.gaps import gap_report
+    from streams.journey_store import RedisJourneyStore
+
+    settings = _settings()
+    journey = load_journey_map(settings.map)
+
+    async def counts() -> dict[str, int]:
+        redis = Redis.from_url(settings.redis_url, socket_connect_timeout=3)
+        try:
+            store = RedisJourneyStore(redis, journey, prefix=settings.redis_prefix, dedupe_window_ms=0, path_length=1)
+            today = int(time.time() // 86400)
+            return await store.gap_counts(today - args.days + 1, today)
+        finally:
+            await redis.aclose()
+
+    report = gap_report(journey, asyncio.run(counts()))
+    if args.json:
+        print(orjson.dumps({"window_days": args.days, **report}).decode())
+        return 0
+
+    def pct(x: float | None) -> str:
+        return "-" if x is None else f"{100 * x:.1f}%"
+
+    def dur(x: float | None) -> str:
+        return "-" if x is None else format_duration(x)
+
+    print(f"Gap analysis, last {args.days} days of event time\n")
+    print(f"{'stage':<15} {'reached':>8} {'to next':>8} {'drop-offs':>9} {'drop rate':>9}")
+    for s in report["stages"]:
+        print(
+            f"{s['stage']:<15} {s['reached']:>8} {pct(s['converted_to_next']):>8} {s['drop_offs']:>9} "
+            f"{pct(s['drop_off_rate']):>9}"
+        )
+    print(f"\n  {'activity':<40} {'TE':>8} {'median':>8} {'p90':>8} {'n':>7} {'conv.':>7}")
+    for a in report["activities"]:
+        mark = "*" if a["critical"] else " "
+        print(
+            f"{mark} {a['from'] + ' -> ' + a['to']:<40} {dur(a['expected_seconds']):>8} "
+            f"{dur(a['actual_median_seconds']):>8} {dur(a['actual_p90_seconds']):>8} {a['transitions']:>7} "
+            f"{pct(a['conversion_rate']):>7}"
+        )
+    print("\n* on the critical path. TE = expected time (o+4m+p)/6; median and p90 are what customers took.")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="journey", description="Customer journey tracker: Kafka touchpoints -> journey state in Redis."
@@ -215,6 +266,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", nargs="?", type=Path, help="map file (default: JOURNEY_MAP or the built-in map)")
     p.add_argument("-o", "--output", type=Path, default=Path("journey-map.svg"), help="render: SVG file to write")
     p.set_defaults(func=cmd_map)
+
+    p = sub.add_parser("gaps", help="expected vs actual transition times, conversion and drop-off rates")
+    p.add_argument("--days", type=_positive_int, default=30, help="sliding window of event-time days")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_gaps)
 
     p = sub.add_parser("customer", help="print one customer's journey state")
     p.add_argument("customer_id")

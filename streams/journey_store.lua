@@ -8,14 +8,16 @@
 -- KEYS[3]  funnel hash    <prefix>:funnel                   stage -> customers currently there
 -- KEYS[4]  deadlines zset <prefix>:deadlines:<partition>    member = s|<customer> / d|<customer>, score = due
 -- KEYS[5]  outbox list    <prefix>:outbox:<partition>       alert facts (JSON) waiting to be published
+-- KEYS[6]  gap statistics <prefix>:gaps  (+ ':<event day>')  transition-time histograms, conversions
 -- ARGV[1] customer id   ARGV[2] dedupe window (ms)   ARGV[3] path length
 -- ARGV[4] watermark now (ms): deadlines up to it fire after the events
 -- ARGV[5] critical path "tp=stage,tp=stage,..."   ARGV[6] ms after each until the next one is due "x,y,0"
 -- ARGV[7] stages by rank "s0,s1,..."   ARGV[8] max silence by rank (ms, 0 = none)   ARGV[9] severity by rank
--- ARGV[10..] seven per event: event id, event time (ms), touchpoint, stage, stage rank,
+-- ARGV[10] flow activities "x>y,y>z"   ARGV[11] how long gap statistics are kept (s)
+-- ARGV[12..] seven per event: event id, event time (ms), touchpoint, stage, stage rank,
 --            channel ('' = none), watermark when the event arrived (ms)
 -- Returns one code per event: 1 applied, 0 duplicate, 2 too late (older than the dedupe window).
-local journey, seen, funnel, deadlines, outbox = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local journey, seen, funnel, deadlines, outbox, gaps = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local cid = ARGV[1]
 local window = tonumber(ARGV[2])
 local path_length = tonumber(ARGV[3])
@@ -35,6 +37,28 @@ for s in string.gmatch(ARGV[7], '[^,]+') do
   n = n + 1; silence[s] = sil_list[n]; severity[s] = sev_list[n]
 end
 local function fmt(x) return string.format('%d', x) end
+local preds, succs = {}, {}
+for x, y in string.gmatch(ARGV[10], '([^,>]+)>([^,]+)') do
+  preds[y] = preds[y] or {}; table.insert(preds[y], x)
+  succs[x] = succs[x] or {}; table.insert(succs[x], y)
+end
+local gaps_ttl = tonumber(ARGV[11])
+local stage_by_rank, nstages = {}, 0
+for s in string.gmatch(ARGV[7], '[^,]+') do stage_by_rank[nstages] = s; nstages = nstages + 1 end
+
+-- Gap statistics, per event-time day: r|tp customers reaching tp for the first time,
+-- c|x>y of them having done x first, t|x>y|b transition times in log buckets (b = floor(4 log2 s)),
+-- s|stage customers reaching a stage, d|stage drop-off alerts opened there.
+local function count(ts, field)
+  local key = gaps .. ':' .. fmt(math.floor(ts / 86400000))
+  redis.call('HINCRBY', key, field, 1)
+  redis.call('EXPIRE', key, gaps_ttl)
+end
+local function transition(x, y, tx, ty)
+  local secs = math.max(1, (ty - tx) / 1000)
+  count(ty, 'c|' .. x .. '>' .. y)
+  count(ty, 't|' .. x .. '>' .. y .. '|' .. math.floor(4 * math.log(secs) / math.log(2)))
+end
 
 local cur = redis.call('HMGET', journey, 'stage', 'rank', 'since', 'first', 'last', 'events', 'channel',
                        'channel_ms', 'path', 'crit', 'crit_ms', 'stall_open', 'drop_open')
@@ -81,6 +105,7 @@ local function fire_due(wm)
                  stage = stage, severity = severity[stage] or 'medium', next_touchpoint = ''}
     drop_due = nil
     emit('drop_off', 'open', drop_open, wm)
+    count(wm, 'd|' .. stage)
   end
 end
 
@@ -111,7 +136,7 @@ end
 
 local codes = {}
 local applied = 0
-for i = 10, #ARGV, 7 do
+for i = 12, #ARGV, 7 do
   local eid, ts, tp = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2]
   local ev_stage, ev_rank, ev_channel, arrival_wm = ARGV[i + 3], tonumber(ARGV[i + 4]), ARGV[i + 5],
       tonumber(ARGV[i + 6])
@@ -127,7 +152,9 @@ for i = 10, #ARGV, 7 do
       exists = true
       stage, rank, since, first, last, events = ev_stage, ev_rank, ts, ts, ts, 0
       channel, channel_ms = false, nil
+      for r = 0, ev_rank do count(ts, 's|' .. stage_by_rank[r]) end
     elseif ev_rank > rank then
+      for r = rank + 1, ev_rank do count(ts, 's|' .. stage_by_rank[r]) end
       stage, rank, since = ev_stage, ev_rank, ts
     elseif ev_rank == rank and ts < since then
       since = ts
@@ -140,8 +167,20 @@ for i = 10, #ARGV, 7 do
     if ts > last then last = ts end
     events = events + 1
     redis.call('ZADD', seen, ts, eid)
-    redis.call('HINCRBY', journey, 'n:' .. tp, 1)
     local tl = tonumber(redis.call('HGET', journey, 't:' .. tp))
+    if redis.call('HINCRBY', journey, 'n:' .. tp, 1) == 1 then
+      -- first time this touchpoint: it converts from the steps before it; a late first step
+      -- converts to the steps already done after it
+      count(ts, 'r|' .. tp)
+      for _, x in ipairs(preds[tp] or {}) do
+        local tx = tonumber(redis.call('HGET', journey, 't:' .. x))
+        if tx and tx <= ts then transition(x, tp, tx, ts) end
+      end
+      for _, y in ipairs(succs[tp] or {}) do
+        local ty = tonumber(redis.call('HGET', journey, 't:' .. y))
+        if ty and ty >= ts and tonumber(redis.call('HGET', journey, 'n:' .. y)) == 1 then transition(tp, y, ts, ty) end
+      end
+    end
     if tl == nil or ts > tl then redis.call('HSET', journey, 't:' .. tp, ARGV[i + 1]) end
     path[#path + 1] = {ts, tp}
     sort_path()

@@ -95,9 +95,11 @@ class RedisJourneyStore:
         prefix: str = "jt:v1",
         dedupe_window_ms: int,
         path_length: int,
+        gaps_ttl_s: int = 400 * 86400,
     ) -> None:
         self.redis = redis
         self.prefix = prefix
+        self.gaps_ttl_s = gaps_ttl_s
         self.dedupe_window_ms = dedupe_window_ms
         self.path_length = path_length
         self._sha: str | None = None
@@ -112,6 +114,8 @@ class RedisJourneyStore:
             ",".join(journey.stages),
             ",".join(str(journey.max_silence_ms.get(s) or 0) for s in journey.stages),
             ",".join(journey.severity.get(s, "medium") for s in journey.stages),
+            ",".join(f"{a.source}>{a.target}" for a in journey.flow.activities) if journey.flow else "",
+            str(self.gaps_ttl_s),
         )
 
     def journey_key(self, customer_id: str) -> str:
@@ -130,6 +134,23 @@ class RedisJourneyStore:
     def funnel_key(self) -> str:
         return f"{self.prefix}:funnel"
 
+    @property
+    def gaps_key(self) -> str:
+        return f"{self.prefix}:gaps"
+
+    async def gap_counts(self, first_day: int, last_day: int) -> dict[str, int]:
+        """Gap statistics summed over event-time days ``first_day..last_day`` (days since the epoch)."""
+        days = range(first_day, last_day + 1)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for day in days:
+                pipe.hgetall(f"{self.gaps_key}:{day}")
+            replies = await pipe.execute()
+        total: dict[str, int] = defaultdict(int)
+        for reply in replies:
+            for field, value in reply.items():
+                total[field.decode()] += int(value)
+        return dict(total)
+
     async def _execute(self, calls: list[tuple[int, str, list[str | int]]]) -> list[Any]:
         """Run (partition, customer, per-event args) script calls as one pipeline; reload the script if needed."""
         if self._sha is None:
@@ -146,12 +167,13 @@ class RedisJourneyStore:
             for partition, customer_id, args in calls:
                 pipe.evalsha(
                     self._sha,  # type: ignore[arg-type]
-                    5,
+                    6,
                     self.journey_key(customer_id),
                     self.seen_key(customer_id),
                     self.funnel_key,
                     self.deadlines_key(partition),
                     self.outbox_key(partition),
+                    self.gaps_key,
                     customer_id,
                     self.dedupe_window_ms,
                     self.path_length,

@@ -11,6 +11,7 @@ import faust
 from faust.web import Request, Response, View
 from redis.exceptions import RedisError
 
+from models.gaps import gap_report
 from models.journey import JourneyState
 
 if TYPE_CHECKING:
@@ -47,6 +48,13 @@ async def _tcp_reachable(host: str, port: int, timeout: float = 2.0) -> bool:
     return True
 
 
+async def gaps_body(worker: Worker, days: int) -> dict[str, Any]:
+    """Gap analysis over the last ``days`` event-time days (up to today)."""
+    today = int(time.time() // 86400)
+    counts = await worker.store.gap_counts(today - days + 1, today)
+    return {"window_days": days, **gap_report(worker.journey, counts)}
+
+
 def register_views(app: faust.App, worker: Worker) -> None:
     """Attach the worker's HTTP views to the Faust app."""
 
@@ -63,6 +71,17 @@ def register_views(app: faust.App, worker: Worker) -> None:
         async def get(self, request: Request) -> Response:  # noqa: ARG002
             counts = await worker.store.funnel()
             return self.json({"stages": [{"stage": s, "customers": n} for s, n in counts.items()]})
+
+    @app.page("/journey/gaps")
+    class GapsView(View):
+        async def get(self, request: Request) -> Response:
+            try:
+                days = int(request.query.get("days", "30"))
+                if not 1 <= days <= 400:
+                    raise ValueError
+            except ValueError:
+                return self.json({"error": "days must be a whole number from 1 to 400"}, status=400)
+            return self.json(await gaps_body(worker, days))
 
     @app.page("/healthz")
     class HealthView(View):

@@ -299,6 +299,12 @@ def test_self_loop():
     assert problems(acts) == [(("flow", 1), "activity from 'b' to itself (a touchpoint cannot follow itself)")]
 
 
+def test_a_lone_self_loop_is_reported_once():
+    assert problems([Activity("a", "a", 1, 2, 3)]) == [
+        (("flow", 0), "activity from 'a' to itself (a touchpoint cannot follow itself)")
+    ]
+
+
 def test_duplicate_edge():
     acts = [Activity("a", "b", 1, 2, 3), Activity("b", "c", 1, 2, 3), Activity("a", "b", 2, 3, 4)]
     assert problems(acts) == [(("flow", 2), "duplicate activity 'a' -> 'b' (first at flow[0])")]
