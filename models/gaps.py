@@ -32,8 +32,8 @@ def percentile(histogram: Mapping[int, int], q: float) -> float | None:
     --------
     >>> import math
     >>> h = {math.floor(4 * math.log2(s)): 1 for s in (60, 120, 3600)}
-    >>> round(percentile(h, 0.5))
-    117  # 120 s, within the ±9 % of its bucket
+    >>> round(percentile(h, 0.5))  # 120 s, read back within the ±9 % of its bucket
+    117
     """
     total = sum(histogram.values())
     if total == 0:
