@@ -19,6 +19,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from statistics import NormalDist
 
+from models.durations import format_duration
+
 Path = tuple[str | int, ...]
 
 # Times are sums of TE over a path, so "equal" has to allow for rounding: without it an
@@ -120,7 +122,10 @@ class NetworkError(ValueError):
 
 
 def _secs(x: float) -> str:
-    return f"{int(x)}s" if float(x).is_integer() else f"{x}s"
+    # Written back the way a map author writes durations (1h, 90s), when it is a plain number.
+    if not math.isfinite(x) or x < 0:
+        return f"{x}s"
+    return format_duration(x) if float(x).is_integer() else f"{x}s"
 
 
 def _validate(activities: tuple[Activity, ...], start: str | None) -> tuple[list[tuple[Path, str]], str | None]:

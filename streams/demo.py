@@ -57,8 +57,8 @@ def _wait_healthy(base: str, proc: subprocess.Popen[bytes], log_path: str, timeo
 def _summary_line(stats: dict[str, Any], funnel: dict[str, Any], rate: float) -> str:
     stages = " ".join(f"{s['stage']}={s['customers']}" for s in funnel["stages"])
     return (
-        f"{rate:8.0f} ev/s | applied {stats['applied']:>8} | duplicates {stats['duplicates']:>6} | "
-        f"DLQ {stats['dead_letters']:>5} | {stages}"
+        f"{rate:7.0f} ev/s | applied {stats['applied']:>7} | dup {stats['duplicates']:>5} | "
+        f"DLQ {stats['dead_letters']:>4} | alerts {stats['alerts_emitted']:>5} | {stages}"
     )
 
 
@@ -131,9 +131,11 @@ def run_demo(
             f"duplicates {stats['duplicates']}, dead letters {stats['dead_letters']} "
             f"({', '.join(f'{k}={v}' for k, v in sorted(stats['dead_letters_by_reason'].items()))})"
         )
+        by_type = ", ".join(f"{k}={v}" for k, v in stats["alerts_emitted_by_type"].items()) or "none yet"
+        say(f"== alerts on topic {settings.alerts_topic}: {by_type}")
         example = next((c.customer_id for c in truth if c.touchpoints), "c000001")
         say(f"== look a customer up: curl {base}/customers/{example}")
-        say(f"== funnel: curl {base}/journey/funnel   health: curl {base}/healthz")
+        say(f"== funnel: curl {base}/journey/funnel   gaps: curl {base}/journey/gaps   health: curl {base}/healthz")
         if exit_when_drained:
             return 0
         say("== the worker keeps running; press Ctrl-C to stop it")

@@ -102,4 +102,18 @@ def register_views(app: faust.App, worker: Worker) -> None:
     @app.page("/worker/stats")
     class StatsView(View):
         async def get(self, request: Request) -> Response:  # noqa: ARG002
-            return self.json({"uptime_seconds": round(time.time() - worker.started_at, 1), **worker.stats.as_dict()})
+            alerts = worker.alerts.emitted if worker.alerts else {}
+            owned = sorted(worker.watermarks.partitions)
+            return self.json(
+                {
+                    "uptime_seconds": round(time.time() - worker.started_at, 1),
+                    **worker.stats.as_dict(),
+                    "alerts_emitted": sum(alerts.values()),
+                    "alerts_emitted_by_type": dict(sorted(alerts.items())),
+                    "watermarks": {
+                        str(p): iso(worker.watermarks.partitions[p].watermark_ms)
+                        for p in owned
+                        if worker.watermarks.partitions[p].watermark_ms > 0
+                    },
+                }
+            )

@@ -154,3 +154,20 @@ def test_a_fresh_replay_of_the_same_events_yields_the_same_alert_ids(replay, wor
     w2.start()
     second = read_alerts(w2, at_least=len(EXPECTED))
     assert {(a["alert_id"], a["status"]) for a in second} == {(a["alert_id"], a["status"]) for a in first}
+
+
+def test_gap_analysis_reports_expected_and_actual_transition_times(replay):
+    w, _ = replay
+    read_alerts(w, at_least=len(EXPECTED))  # everything processed
+    status, gaps = w.get("/journey/gaps?days=30")
+    assert status == 200
+    act = {(a["from"], a["to"]): a for a in gaps["activities"]}
+    cart = act[("add_to_cart", "checkout")]
+    # ontime took 10 min, saver 30 min, resumer 280 min; the staller never checked out
+    assert cart["transitions"] == 3 and cart["critical"] is True
+    assert cart["expected_seconds"] == pytest.approx(26 * 60 + 50)
+    assert 25 * 60 <= cart["actual_median_seconds"] <= 35 * 60  # 30 min, read from a ±9 % bucket
+    assert cart["conversion_rate"] == 0.75  # 3 of the 4 who added to cart
+    stages = {s["stage"]: s for s in gaps["stages"]}
+    assert stages["purchase"]["drop_offs"] == 1 and stages["purchase"]["reached"] >= 4
+    assert w.get("/journey/gaps?days=forever")[0] == 400

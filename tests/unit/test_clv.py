@@ -16,6 +16,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from scipy import integrate, stats
+from scipy.special import betaln
 
 from models.clv import (
     MIN_CUSTOMERS,
@@ -271,6 +272,33 @@ def test_gamma_gamma_likelihood_equals_integrating_over_nu(x: int, m: float):
 
     value, _ = integrate.quad(integrand, 0, np.inf, epsabs=1e-14, epsrel=1e-10, limit=200)
     assert gamma_gamma_log_likelihood(gg, x, m) == pytest.approx(math.log(value), abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        TRUE_BG,
+        BGNBDParams(r=3.0, alpha=2.0, a=5.0, b=0.2),
+        BGNBDParams(r=0.5, alpha=1.0, a=0.3, b=0.4),  # a + b < 1
+        BGNBDParams(r=0.4, alpha=3.0, a=0.4, b=2.0),  # r == a: scipy's hyp2f1 degenerates
+        BGNBDParams(r=0.7, alpha=3.0, a=0.4, b=0.6),  # a + b == 1: 2F1 has a pole for x == 0
+        BGNBDParams(r=0.7, alpha=3.0, a=1.0, b=2.0),  # a == 1: 0/0 in eq. 9
+    ],
+)
+@pytest.mark.parametrize("t", [1.0, 30.0, 1_000.0])
+def test_expected_purchases_of_a_new_customer_equal_integrating_over_p(params: BGNBDParams, t: float):
+    # E[X(t) | λ, p] = (1 - exp(-λ p t)) / p (FHL 2005, eq. 7); over λ ~ Gamma(r, α) the
+    # exponential averages to (α / (α + p t))^r, leaving one integral over p ~ Beta(a, b),
+    # whose density's endpoint singularities quad takes as an algebraic weight.
+    def integrand(p: float) -> float:
+        if p == 0.0:  # the limit: λ t averaged over λ
+            return params.r / params.alpha * t
+        return -math.expm1(-params.r * math.log1p(p * t / params.alpha)) / p
+
+    weight = math.exp(-betaln(params.a, params.b))
+    value, _ = integrate.quad(integrand, 0, 1, weight="alg", wvar=(params.a - 1, params.b - 1), epsabs=0, epsrel=1e-12)
+    value *= weight
+    assert expected_purchases_new(params, t) == pytest.approx(value, rel=1e-6)
 
 
 # --------------------------------------------------------------------------- properties

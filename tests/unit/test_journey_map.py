@@ -57,3 +57,49 @@ def test_unreadable_and_non_yaml_files_are_clear_errors(tmp_path: Path):
 def test_empty_document_is_refused():
     with pytest.raises(MapError):
         parse_journey_map(None)
+
+
+FLOW_MAP = """stages: [a, b]
+touchpoints:
+  x: {stage: a}
+  y: {stage: a}
+  z: {stage: b}
+flow:
+%s
+"""
+
+
+@pytest.mark.parametrize(
+    ("flow", "expected"),
+    [
+        ("  - {from: x, to: y, optimistic: 1h, likely: 10m, pessimistic: 2h}",
+         ":7: flow[0]: optimistic 1h is more than most likely 10m"),
+        ("  - {from: x, to: nowhere, optimistic: 1m, likely: 2m, pessimistic: 3m}",
+         ":7: flow[0].to: unknown touchpoint 'nowhere'"),
+        ("  - {from: x, to: y, optimistic: 1m, likely: 2m, pessimistic: 3m}\n"
+         "  - {from: y, to: z, optimistic: 1m, likely: 2m, pessimistic: 3m}\n"
+         "  - {from: z, to: y, optimistic: 1m, likely: 2m, pessimistic: 3m}",
+         "cycle: y -> z -> y"),
+        ("  - {from: x, to: y, optimistic: 1m, likely: 2m, pessimistic: 3m}\n"
+         "  - {from: z, to: y, optimistic: 1m, likely: 2m, pessimistic: 3m}",
+         "more than one start node: x, z"),
+        ("  - {from: x, to: y, optimistic: soon, likely: 2m, pessimistic: 3m}",
+         ":7: flow[0].optimistic: not a duration: 'soon'"),
+    ],
+)
+def test_an_invalid_flow_is_refused_with_the_entry_and_line(tmp_path: Path, flow: str, expected: str):
+    f = tmp_path / "journey.yaml"
+    f.write_text(FLOW_MAP % flow)
+    with pytest.raises(MapFileError) as err:
+        load_journey_map(f)
+    assert expected in str(err.value)
+
+
+def test_stall_probability_is_the_same_as_the_matching_z(tmp_path: Path):
+    f = tmp_path / "journey.yaml"
+    flow = "  - {from: x, to: z, optimistic: 1m, likely: 2m, pessimistic: 7m}"
+    f.write_text(FLOW_MAP % flow + "alerts: {stall_probability: 0.9772}\n")
+    by_probability = load_journey_map(f)
+    f.write_text(FLOW_MAP % flow + "alerts: {stall_z: 2}\n")
+    assert by_probability.stall_after_ms == pytest.approx(load_journey_map(f).stall_after_ms, abs=1000)
+    assert load_journey_map(f).stall_after_ms == (280_000, 0)  # TE 2m40s + 2 × σ 1m

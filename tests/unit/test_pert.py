@@ -207,7 +207,7 @@ def problems(activities, **kwargs) -> list[tuple[tuple[str | int, ...], str]]:
 
 def test_optimistic_above_most_likely():
     assert problems([Activity("a", "b", 1, 2, 3), Activity("b", "c", 120, 60, 600)]) == [
-        (("flow", 1), "optimistic 120s is more than most likely 60s (need optimistic <= most likely <= pessimistic)")
+        (("flow", 1), "optimistic 2m is more than most likely 1m (need optimistic <= most likely <= pessimistic)")
     ]
 
 
