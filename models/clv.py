@@ -541,21 +541,36 @@ def predict(
     >>> predict(fitted, x=4, t_x=200, T=270, m=60.0, horizon_days=365, margin=0.3, annual_discount_rate=0.1)
     Prediction(expected_purchases=2.728..., p_alive=0.6898..., expected_value=57.55..., predicted_clv=44.93...)
     """
-    xa, txa, Ta = _rfm(x, t_x, T)
-    horizon = float(_times(horizon_days, "horizon_days"))
-    _check_money(margin, annual_discount_rate, 12)
-    if xa.ndim != 0:
-        raise ValueError("predict takes one customer; use the array functions for many")
+    # One customer at a time is the streaming case: plain-float checks and a single hyp2f1
+    # call over the step ends (the last of which gives the horizon's expected purchases)
+    # keep it several times cheaper than going through the array functions.
+    x, t_x, T, m, horizon = float(x), float(t_x), float(T), float(m), float(horizon_days)
+    if not all(math.isfinite(v) for v in (x, t_x, T, m, horizon)):
+        raise ValueError("x, t_x, T, m and horizon_days must be finite")
+    if x < 0 or x != math.floor(x):
+        raise ValueError("x (repeat purchases) must be a non-negative integer")
+    if not 0.0 <= t_x <= T:
+        raise ValueError("need 0 <= t_x <= T (recency within the customer's age)")
+    if m < 0 or horizon < 0:
+        raise ValueError("m and horizon_days must not be negative")
+    _check_money(margin, annual_discount_rate, _PREDICT_STEPS_PER_YEAR)
     bg, gg = fit.bgnbd, fit.gamma_gamma
-    _, ma = _spend(xa, m)
-    value = ma if gg is None else _expected_spend(gg, xa, ma)
-    clv = _discounted_clv(bg, value, xa, txa, Ta, horizon, margin, annual_discount_rate, 12)
-    return Prediction(
-        expected_purchases=float(_expected_purchases(bg, np.float64(horizon), xa, txa, Ta)),
-        p_alive=float(_p_alive(bg, xa, txa, Ta)),
-        expected_value=float(value),
-        predicted_clv=float(clv),
-    )
+    value = m if gg is None else float(_expected_spend(gg, x, m))
+    alive = float(_p_alive_core(bg.r, bg.alpha, bg.a, bg.b, x, t_x, T))
+    step = YEAR_DAYS / _PREDICT_STEPS_PER_YEAR
+    n_steps = max(math.ceil(horizon / step - 1e-9), 0)
+    if n_steps == 0:
+        return Prediction(0.0, alive, value, 0.0)
+    ends = np.minimum(np.arange(1, n_steps + 1) * step, horizon)
+    cumulative = _expected_purchases(bg, ends, x, t_x, T)
+    per_step = cumulative.copy()
+    per_step[1:] -= cumulative[:-1]
+    discount = (1.0 + annual_discount_rate) ** (-(ends / step) / _PREDICT_STEPS_PER_YEAR)
+    clv = float(discount @ per_step) * value * margin
+    return Prediction(float(cumulative[-1]), alive, value, clv)
+
+
+_PREDICT_STEPS_PER_YEAR = 12
 
 
 # --------------------------------------------------------------------------- helpers
