@@ -15,6 +15,7 @@ Path = tuple[str | int, ...]
 # Names end up inside Redis values and metric labels, so keep them plain.
 NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 SEVERITIES = ("low", "medium", "high", "critical")
+VALUE_ROLES = ("order", "refund")
 DEFAULT_STALL_Z = 2.0
 
 
@@ -55,6 +56,8 @@ class JourneyMap:
     stages: tuple[str, ...]
     touchpoints: Mapping[str, str]
     max_silence_s: Mapping[str, float | None] = field(default_factory=dict)
+    # touchpoint -> "order" (adds its value to the customer's revenue) or "refund" (subtracts it)
+    value_roles: Mapping[str, str] = field(default_factory=dict)
     severity: Mapping[str, str] = field(default_factory=dict)
     flow: PertNetwork | None = None
     stall_z: float = DEFAULT_STALL_Z
@@ -151,6 +154,7 @@ def parse_journey_map(doc: object) -> JourneyMap:
 
     tps_doc = doc.get("touchpoints")
     touchpoints: dict[str, str] = {}
+    value_roles: dict[str, str] = {}
     if not isinstance(tps_doc, Mapping) or not tps_doc:
         problems.append((("touchpoints",), "must be a non-empty mapping of touchpoint name to {stage: ...}"))
     else:
@@ -162,6 +166,15 @@ def parse_journey_map(doc: object) -> JourneyMap:
             if not isinstance(spec, Mapping) or "stage" not in spec:
                 problems.append((path, "must be a mapping with a 'stage'"))
                 continue
+            for key in spec:
+                if key not in ("stage", "value"):
+                    problems.append(((*path, str(key)), "unknown entry (expected stage, value)"))
+            role = spec.get("value")
+            if role is not None:
+                if role not in VALUE_ROLES:
+                    problems.append(((*path, "value"), f"must be one of {', '.join(VALUE_ROLES)}, got {role!r}"))
+                else:
+                    value_roles[str(name)] = role
             stage = spec["stage"]
             if stage not in stages:
                 problems.append((path + ("stage",), f"unknown stage {stage!r} (stages are: {', '.join(stages)})"))
@@ -172,7 +185,7 @@ def parse_journey_map(doc: object) -> JourneyMap:
     stall_z = _parse_alerts(doc.get("alerts"), problems)
     if problems:
         raise MapError(problems)
-    return JourneyMap(tuple(stages), touchpoints, silence, severity, flow, stall_z)
+    return JourneyMap(tuple(stages), touchpoints, silence, value_roles, severity, flow, stall_z)
 
 
 def _duration(value: object, path: Path, problems: list[tuple[Path, str]]) -> float | None:

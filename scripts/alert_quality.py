@@ -90,8 +90,9 @@ def main() -> int:
 
     dropped = {c.customer_id for c in truth if c.dropped_after}
     result: dict[str, object] = {"customers": args.customers, "seed": args.seed, "dropped": len(dropped)}
-    for label, types in (("any", {"stalled_critical_path", "drop_off"}), ("stalled_critical_path", {"stalled_critical_path"}),
-                         ("drop_off", {"drop_off"})):
+    kinds = {"any": {"stalled_critical_path", "drop_off"}, "stalled_critical_path": {"stalled_critical_path"},
+             "drop_off": {"drop_off"}}
+    for label, types in kinds.items():
         flagged = {cid for (cid, t), is_open in open_now.items() if is_open and t in types}
         hit = len(flagged & dropped)
         result[label] = {

@@ -52,8 +52,10 @@ async def main(customers: int, partitions: int, due: int) -> None:
                     members[f"s|{cid}"] = T0 + 30 * DAY + i  # all due in the future
                     members[f"d|{cid}"] = T0 + 60 * DAY + i
                 await redis.zadd(key, members)
+        loaded = time.perf_counter() - t
+        per_customer = ((await redis.info("memory"))["used_memory"] - before) / (per * partitions)
         print(f"loaded {2 * per * partitions:,} deadlines for {per * partitions:,} customers in "
-              f"{time.perf_counter() - t:.1f}s; zset memory {((await redis.info('memory'))['used_memory'] - before) / (per * partitions):.0f} B/customer")
+              f"{loaded:.1f}s; zset memory {per_customer:.0f} B/customer")
 
         async def timed(fn, repeat: int) -> list[float]:
             out = []
