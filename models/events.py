@@ -32,6 +32,7 @@ class Reason(StrEnum):
     INVALID_TIMESTAMP = "invalid_timestamp"
     TIMESTAMP_IN_FUTURE = "timestamp_in_future"
     TOO_LATE = "too_late"
+    CURRENCY_MISMATCH = "currency_mismatch"
 
 
 @dataclass(frozen=True, slots=True)

@@ -100,8 +100,13 @@ class Worker:
             prefix=settings.redis_prefix,
             dedupe_window_ms=int(settings.dedupe_window * 1000),
             path_length=settings.path_length,
+            value_days_kept=max(settings.windows),
+            attribution_lookback_ms=int(settings.attribution_lookback * 1000),
+            attribution_half_life_ms=int(settings.attribution_half_life * 1000),
         )
-        self.limits = Limits(settings.max_payload_bytes, int(settings.max_future_skew * 1000))
+        self.limits = Limits(
+            settings.max_payload_bytes, int(settings.max_future_skew * 1000), settings.currency, settings.rates
+        )
         self.watermarks = Watermarks(
             allowed_lateness_ms=int(settings.allowed_lateness * 1000),
             idle_timeout_ms=int(settings.idle_timeout * 1000),

@@ -9,15 +9,19 @@
 -- KEYS[4]  deadlines zset <prefix>:deadlines:<partition>    member = s|<customer> / d|<customer>, score = due
 -- KEYS[5]  outbox list    <prefix>:outbox:<partition>       alert facts (JSON) waiting to be published
 -- KEYS[6]  gap statistics <prefix>:gaps  (+ ':<event day>')  transition-time histograms, conversions
+-- KEYS[7]  value totals   <prefix>:value                    attributed value, value lost with drop-offs
 -- ARGV[1] customer id   ARGV[2] dedupe window (ms)   ARGV[3] path length
 -- ARGV[4] watermark now (ms): deadlines up to it fire after the events
 -- ARGV[5] critical path "tp=stage,tp=stage,..."   ARGV[6] ms after each until the next one is due "x,y,0"
 -- ARGV[7] stages by rank "s0,s1,..."   ARGV[8] max silence by rank (ms, 0 = none)   ARGV[9] severity by rank
 -- ARGV[10] flow activities "x>y,y>z"   ARGV[11] how long gap statistics are kept (s)
--- ARGV[12..] seven per event: event id, event time (ms), touchpoint, stage, stage rank,
---            channel ('' = none), watermark when the event arrived (ms)
+-- ARGV[12] touchpoints "tp=stage=role,..." (role: order, refund or empty)
+-- ARGV[13] attribution lookback (ms)   ARGV[14] time-decay half-life (ms)   ARGV[15] days of revenue kept
+-- ARGV[16..] eight per event: event id, event time (ms), touchpoint, stage, stage rank,
+--            channel ('' = none), watermark when the event arrived (ms), value in cents (0 = none)
 -- Returns one code per event: 1 applied, 0 duplicate, 2 too late (older than the dedupe window).
-local journey, seen, funnel, deadlines, outbox, gaps = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local journey, seen, funnel, deadlines, outbox, gaps, value = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5],
+    KEYS[6], KEYS[7]
 local cid = ARGV[1]
 local window = tonumber(ARGV[2])
 local path_length = tonumber(ARGV[3])
@@ -43,6 +47,11 @@ for x, y in string.gmatch(ARGV[10], '([^,>]+)>([^,]+)') do
   succs[x] = succs[x] or {}; table.insert(succs[x], y)
 end
 local gaps_ttl = tonumber(ARGV[11])
+local tp_stage, tp_role = {}, {}
+for tp, st, role in string.gmatch(ARGV[12], '([^,=]+)=([^,=]+)=([^,]*)') do
+  tp_stage[tp] = st; if role ~= '' then tp_role[tp] = role end
+end
+local lookback, half_life, days_kept = tonumber(ARGV[13]), tonumber(ARGV[14]), tonumber(ARGV[15])
 local stage_by_rank, nstages = {}, 0
 for s in string.gmatch(ARGV[7], '[^,]+') do stage_by_rank[nstages] = s; nstages = nstages + 1 end
 
@@ -61,7 +70,8 @@ local function transition(x, y, tx, ty)
 end
 
 local cur = redis.call('HMGET', journey, 'stage', 'rank', 'since', 'first', 'last', 'events', 'channel',
-                       'channel_ms', 'path', 'crit', 'crit_ms', 'stall_open', 'drop_open')
+                       'channel_ms', 'path', 'crit', 'crit_ms', 'stall_open', 'drop_open', 'orders', 'gross',
+                       'refunded', 'fo_ms', 'fo_c', 'lo_ms', 'vdays')
 local exists = cur[1] ~= false
 local stage, rank, since, first, last, events = cur[1], tonumber(cur[2]), tonumber(cur[3]),
     tonumber(cur[4]), tonumber(cur[5]), tonumber(cur[6])
@@ -69,19 +79,53 @@ local channel, channel_ms, path_text = cur[7], tonumber(cur[8]), cur[9]
 local crit, crit_ms = tonumber(cur[10]), tonumber(cur[11]) or 0
 local stall_open = (cur[12] and cur[12] ~= '') and cjson.decode(cur[12]) or nil
 local drop_open = (cur[13] and cur[13] ~= '') and cjson.decode(cur[13]) or nil
+local orders, gross, refunded = tonumber(cur[14]) or 0, tonumber(cur[15]) or 0, tonumber(cur[16]) or 0
+local fo_ms, fo_c, lo_ms = tonumber(cur[17]), tonumber(cur[18]), tonumber(cur[19])
+local vdays = {}
+for d in string.gmatch(cur[20] or '', '[^,]+') do vdays[tonumber(d)] = true end
+local value_changed = false
 local stall_due = tonumber(redis.call('ZSCORE', deadlines, 's|' .. cid))
 local drop_due = tonumber(redis.call('ZSCORE', deadlines, 'd|' .. cid))
 local old_stage = stage
 
 local path = {}
 if exists and path_text and path_text ~= '' then
-  for ts, tp in string.gmatch(path_text, '(%d+):([^,]+)') do path[#path + 1] = {tonumber(ts), tp} end
+  for ts, tp, ch in string.gmatch(path_text, '(%d+):([^:,]+):([^,]*)') do path[#path + 1] = {tonumber(ts), tp, ch} end
 end
 local function sort_path()
   table.sort(path, function(a, b)
     if a[1] ~= b[1] then return a[1] < b[1] end
-    return a[2] < b[2]
+    if a[2] ~= b[2] then return a[2] < b[2] end
+    return a[3] < b[3]
   end)
+end
+
+-- models/value.py:attribute, on the path as it is after the order was applied
+local function attribute(purchase_ts, cents)
+  local eligible = {}
+  for _, t in ipairs(path) do
+    if not tp_role[t[2]] and t[1] >= purchase_ts - lookback and t[1] < purchase_ts then eligible[#eligible + 1] = t end
+  end
+  local n = #eligible
+  if n == 0 then
+    redis.call('HINCRBYFLOAT', value, 'unattributed', cents)
+    return
+  end
+  local total_w, weights = 0, {}
+  for k, t in ipairs(eligible) do
+    weights[k] = 2 ^ (-(purchase_ts - t[1]) / half_life); total_w = total_w + weights[k]
+  end
+  local function add(model, t, share)
+    redis.call('HINCRBYFLOAT', value, 'tp|' .. model .. '|' .. t[2], share)
+    redis.call('HINCRBYFLOAT', value, 'ch|' .. model .. '|' .. (t[3] ~= '' and t[3] or '(none)'), share)
+  end
+  add('first_touch', eligible[1], cents)
+  add('last_touch', eligible[n], cents)
+  for k, t in ipairs(eligible) do
+    add('linear', t, cents / n)
+    add('time_decay', t, cents * weights[k] / total_w)
+    redis.call('HINCRBYFLOAT', value, 'stage|created|' .. tp_stage[t[2]], cents / n)
+  end
 end
 
 local function emit(kind, status, alert, at)
@@ -106,6 +150,8 @@ local function fire_due(wm)
     drop_due = nil
     emit('drop_off', 'open', drop_open, wm)
     count(wm, 'd|' .. stage)
+    redis.call('HINCRBY', value, 'stage|lost_customers|' .. stage, 1)
+    redis.call('HINCRBY', value, 'stage|lost_revenue|' .. stage, math.max(0, gross - refunded))
   end
 end
 
@@ -136,7 +182,7 @@ end
 
 local codes = {}
 local applied = 0
-for i = 12, #ARGV, 7 do
+for i = 16, #ARGV, 8 do
   local eid, ts, tp = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2]
   local ev_stage, ev_rank, ev_channel, arrival_wm = ARGV[i + 3], tonumber(ARGV[i + 4]), ARGV[i + 5],
       tonumber(ARGV[i + 6])
@@ -182,9 +228,25 @@ for i = 12, #ARGV, 7 do
       end
     end
     if tl == nil or ts > tl then redis.call('HSET', journey, 't:' .. tp, ARGV[i + 1]) end
-    path[#path + 1] = {ts, tp}
+    path[#path + 1] = {ts, tp, ev_channel}
     sort_path()
     while #path > path_length do table.remove(path, 1) end
+    local role, cents = tp_role[tp], tonumber(ARGV[i + 7])
+    if role then
+      local day = math.floor(ts / 86400000)
+      vdays[day] = true; value_changed = true
+      if role == 'order' then
+        redis.call('HINCRBY', journey, 'v:' .. fmt(day), fmt(cents))
+        redis.call('HINCRBY', journey, 'o:' .. fmt(day), 1)
+        orders, gross = orders + 1, gross + cents
+        if fo_ms == nil or ts < fo_ms or (ts == fo_ms and cents < fo_c) then fo_ms, fo_c = ts, cents end
+        if lo_ms == nil or ts > lo_ms then lo_ms = ts end
+        attribute(ts, cents)
+      else
+        redis.call('HINCRBY', journey, 'v:' .. fmt(day), fmt(-cents))
+        refunded = refunded + cents
+      end
+    end
     after_event(tp, ts)
     applied = applied + 1
     codes[#codes + 1] = 1
@@ -195,11 +257,23 @@ if exists then fire_due(now_wm) end
 
 if applied > 0 then
   local parts = {}
-  for k = 1, #path do parts[#parts + 1] = string.format('%d:%s', path[k][1], path[k][2]) end
+  for k = 1, #path do parts[#parts + 1] = string.format('%d:%s:%s', path[k][1], path[k][2], path[k][3]) end
   redis.call('HSET', journey, 'cid', cid, 'stage', stage, 'rank', rank, 'since', fmt(since), 'first', fmt(first),
              'last', fmt(last), 'events', events, 'path', table.concat(parts, ','))
   if channel then redis.call('HSET', journey, 'channel', channel, 'channel_ms', fmt(channel_ms)) end
   if crit then redis.call('HSET', journey, 'crit', crit, 'crit_ms', fmt(crit_ms)) end
+  if value_changed then
+    local newest = nil
+    for d in pairs(vdays) do if newest == nil or d > newest then newest = d end end
+    local kept = {}
+    for d in pairs(vdays) do
+      if d > newest - days_kept then kept[#kept + 1] = fmt(d) else redis.call('HDEL', journey, 'v:' .. fmt(d), 'o:' .. fmt(d)) end
+    end
+    table.sort(kept)
+    redis.call('HSET', journey, 'orders', orders, 'gross', fmt(gross), 'refunded', fmt(refunded),
+               'vdays', table.concat(kept, ','))
+    if fo_ms then redis.call('HSET', journey, 'fo_ms', fmt(fo_ms), 'fo_c', fmt(fo_c), 'lo_ms', fmt(lo_ms)) end
+  end
   redis.call('ZREMRANGEBYSCORE', seen, '-inf', '(' .. fmt(last - window))
   if old_stage ~= stage then
     if old_stage then redis.call('HINCRBY', funnel, old_stage, -1) end

@@ -21,8 +21,9 @@ from redis.exceptions import NoScriptError
 from models.alerts import AlertFacts, AlertStatus, AlertType
 from models.deadlines import Deadlines, OpenAlert, after_event, fire_due
 from models.events import TouchpointEvent
-from models.journey import JourneyState, Outcome, advance
+from models.journey import JourneyState, Outcome, advance, to_cents
 from models.journey_map import JourneyMap
+from models.value import attribute
 
 _SCRIPT = Path(__file__).with_name("journey_store.lua").read_text()
 
@@ -96,10 +97,16 @@ class RedisJourneyStore:
         dedupe_window_ms: int,
         path_length: int,
         gaps_ttl_s: int = 400 * 86400,
+        value_days_kept: int = 365,
+        attribution_lookback_ms: int = 30 * 86_400_000,
+        attribution_half_life_ms: int = 7 * 86_400_000,
     ) -> None:
         self.redis = redis
         self.prefix = prefix
         self.gaps_ttl_s = gaps_ttl_s
+        self.value_days_kept = value_days_kept
+        self.attribution_lookback_ms = attribution_lookback_ms
+        self.attribution_half_life_ms = attribution_half_life_ms
         self.dedupe_window_ms = dedupe_window_ms
         self.path_length = path_length
         self._sha: str | None = None
@@ -116,6 +123,10 @@ class RedisJourneyStore:
             ",".join(journey.severity.get(s, "medium") for s in journey.stages),
             ",".join(f"{a.source}>{a.target}" for a in journey.flow.activities) if journey.flow else "",
             str(self.gaps_ttl_s),
+            ",".join(f"{tp}={st}={journey.value_roles.get(tp, '')}" for tp, st in journey.touchpoints.items()),
+            str(self.attribution_lookback_ms),
+            str(self.attribution_half_life_ms),
+            str(self.value_days_kept),
         )
 
     def journey_key(self, customer_id: str) -> str:
@@ -137,6 +148,14 @@ class RedisJourneyStore:
     @property
     def gaps_key(self) -> str:
         return f"{self.prefix}:gaps"
+
+    @property
+    def value_key(self) -> str:
+        return f"{self.prefix}:value"
+
+    async def value_totals(self) -> dict[str, float]:
+        """Attributed value and value lost with drop-offs (cents), as kept by the script."""
+        return {k.decode(): float(v) for k, v in (await self.redis.hgetall(self.value_key)).items()}
 
     async def gap_counts(self, first_day: int, last_day: int) -> dict[str, int]:
         """Gap statistics summed over event-time days ``first_day..last_day`` (days since the epoch)."""
@@ -167,13 +186,14 @@ class RedisJourneyStore:
             for partition, customer_id, args in calls:
                 pipe.evalsha(
                     self._sha,  # type: ignore[arg-type]
-                    6,
+                    7,
                     self.journey_key(customer_id),
                     self.seen_key(customer_id),
                     self.funnel_key,
                     self.deadlines_key(partition),
                     self.outbox_key(partition),
                     self.gaps_key,
+                    self.value_key,
                     customer_id,
                     self.dedupe_window_ms,
                     self.path_length,
@@ -195,7 +215,8 @@ class RedisJourneyStore:
                 a = arrivals[i]
                 e = a.event
                 stage = stage_of(e.touchpoint)
-                args += (e.event_id, e.ts_ms, e.touchpoint, stage, rank(stage), e.channel or "", a.watermark_ms)
+                cents = to_cents(e.value) if e.value is not None else 0
+                args += (e.event_id, e.ts_ms, e.touchpoint, stage, rank(stage), e.channel or "", a.watermark_ms, cents)
             calls.append((partition, customer_id, args))
         replies = await self._execute(calls)
         outcomes: list[Outcome] = [Outcome.DUPLICATE] * len(arrivals)
@@ -230,8 +251,9 @@ class RedisJourneyStore:
         counts = {k[2:]: int(v) for k, v in h.items() if k.startswith("n:")}
         lasts = {k[2:]: int(v) for k, v in h.items() if k.startswith("t:")}
         path = tuple(
-            (int(ts), tp) for ts, _, tp in (p.partition(":") for p in h.get("path", "").split(",") if p)
+            (int(ts), tp, ch) for ts, tp, ch in (p.split(":", 2) for p in h.get("path", "").split(",") if p)
         )
+        days = [int(d) for d in h.get("vdays", "").split(",") if d]
         return JourneyState(
             customer_id=h.get("cid", customer_id),
             stage=h["stage"],
@@ -244,6 +266,14 @@ class RedisJourneyStore:
             path=path,
             channel=h.get("channel"),
             channel_ms=int(h["channel_ms"]) if "channel_ms" in h else None,
+            orders=int(h.get("orders", 0)),
+            gross_cents=int(h.get("gross", 0)),
+            refunded_cents=int(h.get("refunded", 0)),
+            first_order_ms=int(h["fo_ms"]) if "fo_ms" in h else None,
+            first_order_cents=int(h["fo_c"]) if "fo_c" in h else None,
+            last_order_ms=int(h["lo_ms"]) if "lo_ms" in h else None,
+            value_days={d: int(h[f"v:{d}"]) for d in days if f"v:{d}" in h},
+            order_days={d: int(h[f"o:{d}"]) for d in days if f"o:{d}" in h},
         )
 
     async def get_deadlines(self, customer_id: str, partition: int) -> Deadlines:
@@ -284,10 +314,23 @@ class RedisJourneyStore:
 class InMemoryJourneyStore:
     """The same contract held in dicts, built on the reference model (for unit tests)."""
 
-    def __init__(self, journey: JourneyMap, *, dedupe_window_ms: int, path_length: int) -> None:
+    def __init__(
+        self,
+        journey: JourneyMap,
+        *,
+        dedupe_window_ms: int,
+        path_length: int,
+        value_days_kept: int = 365,
+        attribution_lookback_ms: int = 30 * 86_400_000,
+        attribution_half_life_ms: int = 7 * 86_400_000,
+    ) -> None:
         self.journey = journey
         self.dedupe_window_ms = dedupe_window_ms
         self.path_length = path_length
+        self.value_days_kept = value_days_kept
+        self.attribution_lookback_ms = attribution_lookback_ms
+        self.attribution_half_life_ms = attribution_half_life_ms
+        self.totals: dict[str, float] = defaultdict(float)
         self.states: dict[str, JourneyState] = {}
         self.deadlines: dict[str, Deadlines] = {}
         self.partition_of: dict[str, int] = {}
@@ -300,6 +343,38 @@ class InMemoryJourneyStore:
         dl, facts = fire_due(self.deadlines.get(customer_id, Deadlines()), state, self.journey, watermark_ms)
         self.deadlines[customer_id] = dl
         self.outboxes[partition] += facts
+        for f in facts:
+            if f.type is AlertType.DROP_OFF:
+                self.totals[f"stage|lost_customers|{f.stage}"] += 1
+                self.totals[f"stage|lost_revenue|{f.stage}"] += state.revenue_cents
+
+    def _attribute(self, state: JourneyState, event: TouchpointEvent) -> None:
+        roles = self.journey.value_roles
+        if roles.get(event.touchpoint) != "order":
+            return
+        cents = to_cents(event.value or 0.0)
+        touches = [t for t in state.path if t[1] not in roles]
+        shares = attribute(
+            touches,
+            event.ts_ms,
+            cents,
+            lookback_ms=self.attribution_lookback_ms,
+            half_life_ms=self.attribution_half_life_ms,
+        )
+        if not any(shares["linear"]):
+            self.totals["unattributed"] += cents
+            return
+        for model, split in shares.items():
+            for (_, tp, ch), share in zip(touches, split, strict=True):
+                if share:
+                    self.totals[f"tp|{model}|{tp}"] += share
+                    self.totals[f"ch|{model}|{ch or '(none)'}"] += share
+        for (_, tp, _), share in zip(touches, shares["linear"], strict=True):
+            if share:
+                self.totals[f"stage|created|{self.journey.stage_of(tp)}"] += share
+
+    async def value_totals(self) -> dict[str, float]:
+        return dict(self.totals)
 
     async def apply(self, arrivals: Sequence[Arrival], watermarks: dict[int, int]) -> list[Outcome]:
         groups: dict[tuple[int, str], list[int]] = defaultdict(list)
@@ -312,7 +387,12 @@ class InMemoryJourneyStore:
                 event = arrivals[i].event
                 before = self.states.get(cid)
                 state, outcome = advance(
-                    before, event, self.journey, dedupe_window_ms=self.dedupe_window_ms, path_length=self.path_length
+                    before,
+                    event,
+                    self.journey,
+                    dedupe_window_ms=self.dedupe_window_ms,
+                    path_length=self.path_length,
+                    value_days_kept=self.value_days_kept,
                 )
                 outcomes[i] = outcome
                 if outcome is not Outcome.APPLIED:
@@ -320,6 +400,7 @@ class InMemoryJourneyStore:
                 if before is not None:
                     self._fire(cid, partition, arrivals[i].watermark_ms)
                 self.states[cid] = state
+                self._attribute(state, event)
                 dl, facts = after_event(
                     self.deadlines.get(cid, Deadlines()), state, event.touchpoint, event.ts_ms, self.journey
                 )

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from models.events import Invalid, Reason, decode_event
 from models.journey import Outcome
 from models.journey_map import JourneyMap
+from models.value import check_money
 from models.watermark import NO_WATERMARK, Watermarks
 from streams.journey_store import Arrival, JourneyStore
 
@@ -55,10 +56,12 @@ class DeadLetterSink(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    """Validation limits from the settings."""
+    """Validation limits and money rules from the settings."""
 
     max_payload_bytes: int
     max_future_ms: int
+    currency: str = "EUR"
+    rates: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -135,6 +138,10 @@ async def advance_journeys(
             max_payload_bytes=limits.max_payload_bytes,
             max_future_ms=limits.max_future_ms,
         )
+        if not isinstance(decoded, Invalid):
+            decoded = check_money(
+                decoded, journey.value_roles.get(decoded.touchpoint), currency=limits.currency, rates=limits.rates
+            )
         if isinstance(decoded, Invalid):
             result.dead.append(DeadLetter(record, decoded.reason, decoded.detail))
             continue

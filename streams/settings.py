@@ -52,6 +52,17 @@ class Settings(BaseSettings):
     idle_timeout: float = 60.0  # a partition silent this long (wall clock) lets its watermark follow the clock
     deadline_check_interval: float = 1.0
 
+    # Customer value
+    currency: str = "EUR"
+    fx_rates: str = ""  # "USD=0.92,GBP=1.17": units of `currency` per unit; other currencies go to the DLQ
+    clv_windows: str = "30,90,365"  # rolling revenue windows, days
+    clv_horizon: float = 365 * 86400.0
+    clv_margin: float = Field(default=0.3, ge=0, le=1)
+    clv_discount_rate: float = Field(default=0.10, ge=0)
+    clv_refit_interval: float = 3600.0
+    attribution_lookback: float = 30 * 86400.0
+    attribution_half_life: float = 7 * 86400.0
+
     # The local stack (`journey stack up`)
     kafka_version: str = "3.9.1"
     kafka_heap: str = "512m"
@@ -64,6 +75,10 @@ class Settings(BaseSettings):
         "allowed_lateness",
         "idle_timeout",
         "deadline_check_interval",
+        "clv_horizon",
+        "clv_refit_interval",
+        "attribution_lookback",
+        "attribution_half_life",
         mode="before",
     )
     @classmethod
@@ -71,6 +86,39 @@ class Settings(BaseSettings):
         if isinstance(value, str | int | float):
             return parse_duration(value)
         raise ValueError("expected a duration such as 90s, 15m, 2h or 3d")
+
+    @field_validator("fx_rates")
+    @classmethod
+    def _rates(cls, value: str) -> str:
+        for part in filter(None, (p.strip() for p in value.split(","))):
+            code, _, rate = part.partition("=")
+            try:
+                if not code.strip() or float(rate) <= 0:
+                    raise ValueError
+            except ValueError:
+                raise ValueError(f"{part!r}: expected CODE=RATE with a positive rate, e.g. USD=0.92") from None
+        return value
+
+    @field_validator("clv_windows")
+    @classmethod
+    def _windows(cls, value: str) -> str:
+        try:
+            days = [int(d) for d in value.split(",")]
+        except ValueError:
+            raise ValueError("expected whole numbers of days, e.g. 30,90,365") from None
+        if not days or min(days) < 1:
+            raise ValueError("expected whole numbers of days >= 1, e.g. 30,90,365")
+        return value
+
+    @property
+    def rates(self) -> dict[str, float]:
+        """Conversion rates into ``currency``."""
+        pairs = (p.split("=") for p in self.fx_rates.split(",") if p.strip())
+        return {code.strip(): float(rate) for code, rate in pairs}
+
+    @property
+    def windows(self) -> list[int]:
+        return [int(d) for d in self.clv_windows.split(",")]
 
     @property
     def kafka_host_port(self) -> tuple[str, int]:

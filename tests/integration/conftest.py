@@ -154,7 +154,7 @@ class WorkerProcess:
 
 def _cleanup(settings: Settings) -> None:
     client = redis.Redis.from_url(settings.redis_url)
-    keys = list(client.scan_iter(match=f"{settings.redis_prefix}:*", count=1000))
+    keys = list(client.scan_iter(match=f"{settings.redis_prefix}:*", count=10_000))
     for i in range(0, len(keys), 500):
         client.delete(*keys[i : i + 500])
     admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)

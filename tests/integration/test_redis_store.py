@@ -35,6 +35,7 @@ events = st.lists(
         touchpoint=st.sampled_from(sorted(JOURNEY.touchpoints)),
         ts_ms=st.integers(T0, T0 + 8 * DAY),  # wider than the window: exercises too_late
         channel=st.one_of(st.none(), st.sampled_from(["email", "search", "social"])),
+        value=st.one_of(st.none(), st.integers(0, 50_000).map(lambda c: c / 100)),
     ),
     max_size=40,
 )
@@ -76,8 +77,13 @@ def test_redis_store_agrees_with_the_reference_model(stack: Settings, batches, c
                 assert strip(await real.get(cid)) == strip(await model.get(cid))
                 assert await real.get_deadlines(cid, p) == await model.get_deadlines(cid, p)
             assert await real.funnel() == await model.funnel()
+            real_totals = {k: v for k, v in (await real.value_totals()).items() if abs(v) > 1e-9}
+            model_totals = {k: v for k, v in (await model.value_totals()).items() if abs(v) > 1e-9}
+            assert real_totals.keys() == model_totals.keys()
+            for k, v in model_totals.items():
+                assert real_totals[k] == pytest.approx(v, rel=1e-9, abs=1e-6), k
         finally:
-            keys = [k async for k in redis.scan_iter(match=f"{prefix}:*")]
+            keys = [k async for k in redis.scan_iter(match=f"{prefix}:*", count=10_000)]
             if keys:
                 await redis.delete(*keys)
             await redis.aclose()
@@ -98,7 +104,7 @@ async def test_dedupe_memory_stays_bounded_by_the_window(stack: Settings):
         state = await store.get("dee")
         assert state is not None and state.events == 40 and len(state.path) == 3
     finally:
-        keys = [k async for k in redis.scan_iter(match=f"{prefix}:*")]
+        keys = [k async for k in redis.scan_iter(match=f"{prefix}:*", count=10_000)]
         await redis.delete(*keys)
         await redis.aclose()
 
@@ -120,6 +126,6 @@ async def test_a_batch_costs_one_script_call_per_customer_not_per_event(stack: S
         assert await store.apply(batch, {0: 0}) == [Outcome.APPLIED] * 600
         assert await evalsha_calls() - before == customers
     finally:
-        keys = [k async for k in redis.scan_iter(match=f"{prefix}:*")]
+        keys = [k async for k in redis.scan_iter(match=f"{prefix}:*", count=10_000)]
         await redis.delete(*keys)
         await redis.aclose()

@@ -11,7 +11,9 @@ from models.journey_map import JourneyMap
 
 JM = JourneyMap(
     ("awareness", "consideration", "purchase"),
-    {"visit": "awareness", "signup": "consideration", "view": "consideration", "buy": "purchase"},
+    {"visit": "awareness", "signup": "consideration", "view": "consideration", "buy": "purchase",
+     "refund": "purchase"},
+    value_roles={"buy": "order", "refund": "refund"},
 )
 DAY = 86_400_000
 WINDOW = 30 * DAY
@@ -25,8 +27,10 @@ def apply_all(events: list[TouchpointEvent], path_length: int = 4) -> tuple[Jour
     return state, outcomes
 
 
-def ev(eid: str, tp: str, ts: int, channel: str | None = None) -> TouchpointEvent:
-    return TouchpointEvent(eid, "c1", tp, ts, channel)
+def ev(eid: str, tp: str, ts: int, channel: str | None = None, value: float | None = None) -> TouchpointEvent:
+    if value is None and JM.value_roles.get(tp):
+        value = 10.0
+    return TouchpointEvent(eid, "c1", tp, ts, channel, value)
 
 
 def test_a_customer_moves_forward_and_never_back():
@@ -42,7 +46,7 @@ def test_a_late_event_does_not_move_last_seen_back_but_is_counted():
     assert outcomes == [Outcome.APPLIED, Outcome.APPLIED]
     assert state is not None
     assert (state.first_seen_ms, state.last_seen_ms, state.stage) == (1000, 5000, "purchase")
-    assert state.path == ((1000, "visit"), (5000, "buy"))
+    assert state.path == ((1000, "visit", ""), (5000, "buy", ""))
 
 
 def test_a_late_event_in_the_current_stage_moves_stage_since_back_to_when_it_was_reached():
@@ -76,6 +80,7 @@ events_strategy = st.lists(
         tp=st.sampled_from(sorted(JM.touchpoints)),
         ts=st.integers(0, 10 * DAY),
         channel=st.one_of(st.none(), st.sampled_from(["email", "search"])),
+        value=st.one_of(st.none(), st.floats(0, 500, allow_nan=False).map(lambda v: round(v, 2))),
     ),
     min_size=1,
     max_size=25,
@@ -94,3 +99,19 @@ def test_state_depends_on_the_set_of_events_not_their_order_or_redelivery(events
     assert outcomes.count(Outcome.APPLIED) == len(events)
     assert jumbled is not None and jumbled.events == len(events)
     assert len(jumbled.path) == min(4, len(events))
+
+
+def test_purchases_and_refunds_add_up_and_revenue_never_goes_negative():
+    state, _ = apply_all([ev("1", "buy", 2 * DAY, value=59.9), ev("2", "buy", 40 * DAY, value=20),
+                          ev("3", "refund", 41 * DAY, value=100)])
+    assert state is not None
+    assert (state.orders, state.gross_cents, state.refunded_cents, state.revenue_cents) == (2, 7990, 10000, 0)
+    assert (state.first_order_ms, state.first_order_cents, state.last_order_ms) == (2 * DAY, 5990, 40 * DAY)
+    assert state.value_days == {2: 5990, 40: 2000, 41: -10000}
+    assert state.order_days == {2: 1, 40: 1}
+
+
+def test_a_late_purchase_lands_in_the_day_it_happened():
+    state, _ = apply_all([ev("2", "buy", 20 * DAY + 5, value=20), ev("1", "buy", 3 * DAY + 7, value=5)])
+    assert state is not None
+    assert state.value_days == {3: 500, 20: 2000} and state.first_order_ms == 3 * DAY + 7

@@ -30,8 +30,8 @@ def rec(offset: int, value: bytes | None) -> SourceRecord:
     return SourceRecord(key=b"c1", value=value, topic="touchpoints", partition=0, offset=offset, timestamp_ms=NOW)
 
 
-def event(eid: str, tp: str, ts: int) -> bytes:
-    return orjson.dumps({"event_id": eid, "customer_id": "c1", "touchpoint": tp, "timestamp": ts})
+def event(eid: str, tp: str, ts: int, **extra: object) -> bytes:
+    return orjson.dumps({"event_id": eid, "customer_id": "c1", "touchpoint": tp, "timestamp": ts, **extra})
 
 
 async def run(records: list[SourceRecord], store: InMemoryJourneyStore, dlq: ListDeadLetters):
@@ -47,7 +47,7 @@ async def test_a_mixed_batch_is_fully_accounted_for():
     ts = NOW - DAY
     records = [
         rec(0, event("e1", "site_visit", ts)),
-        rec(1, event("e2", "purchase", ts + 1000)),
+        rec(1, event("e2", "purchase", ts + 1000, value=25.5)),
         rec(2, event("e1", "site_visit", ts)),           # redelivered
         rec(3, b"{oops"),                                 # undecodable
         rec(4, event("e3", "teleport", ts)),              # unknown touchpoint
@@ -81,3 +81,22 @@ async def test_an_empty_batch_sends_nothing():
     store, dlq = InMemoryJourneyStore(JOURNEY, dedupe_window_ms=DAY, path_length=5), ListDeadLetters()
     result = await run([], store, dlq)
     assert (result.applied, result.duplicates, dlq.sent) == (0, 0, [])
+
+
+async def test_money_in_another_currency_is_converted_or_refused():
+    store, dlq = InMemoryJourneyStore(JOURNEY, dedupe_window_ms=DAY, path_length=5), ListDeadLetters()
+    ts = NOW - DAY
+    records = [
+        rec(0, event("m1", "purchase", ts, value=10, currency="USD")),
+        rec(1, event("m2", "purchase", ts + 1, value=10, currency="JPY")),
+        rec(2, event("m3", "purchase", ts + 2)),  # an order without a value
+        rec(3, event("m4", "purchase", ts + 3, value=5)),  # no currency: the configured one
+    ]
+    await advance_journeys(
+        records, journey=JOURNEY, store=store, dead_letters=dlq,
+        limits=Limits(4096, 60_000, currency="EUR", rates={"USD": 0.9}), now_ms=NOW,
+        watermarks=Watermarks(allowed_lateness_ms=60_000, idle_timeout_ms=60_000),
+    )
+    assert [(d.record.offset, d.reason) for d in dlq.sent] == [(1, Reason.CURRENCY_MISMATCH), (2, Reason.MISSING_FIELD)]
+    state = await store.get("c1")
+    assert state is not None and (state.orders, state.gross_cents) == (2, 1400)
