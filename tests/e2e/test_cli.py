@@ -19,9 +19,10 @@ def unused_port() -> int:
 def test_the_default_map_checks_ok_and_shows_its_stages(journey):
     check = journey("map", "check")
     assert check.returncode == 0, check.stderr
-    assert "OK (5 stages, 11 touchpoints)" in check.stdout
+    assert "OK (5 stages, 11 touchpoints, 10 activities)" in check.stdout
     show = journey("map", "show")
-    assert show.stdout.splitlines()[0].startswith("1. awareness") and "ad_click, site_visit" in show.stdout
+    assert "1. awareness" in show.stdout and "ad_click, site_visit" in show.stdout
+    assert "Critical path (*): ad_click -> site_visit -> signup -> add_to_cart" in show.stdout
 
 
 def test_a_broken_map_is_refused_naming_the_line_and_entry(journey, tmp_path: Path):
