@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
+from typing import Any
 
 from models.events import Invalid, Reason, TouchpointEvent
+from models.journey_map import JourneyMap
 from models.rolling import window_sum
 
 ATTRIBUTION_MODELS = ("first_touch", "last_touch", "linear", "time_decay")
@@ -107,3 +109,41 @@ def rolling_value(
         out[f"revenue_{days}d"] = round(window_sum(value_days, now_ms, days), 2)
         out[f"orders_{days}d"] = int(window_sum({d: float(n) for d, n in order_days.items()}, now_ms, days))
     return out
+
+
+def value_report(journey: JourneyMap, totals: Mapping[str, float]) -> dict[str, Any]:
+    """Where value is created and lost, from the running totals (cents) the store keeps.
+
+    Examples
+    --------
+    >>> jm = JourneyMap(("a", "b"), {"x": "a", "buy": "b"}, value_roles={"buy": "order"})
+    >>> r = value_report(jm, {"tp|linear|x": 1000.0, "ch|linear|email": 1000.0, "stage|created|a": 1000.0,
+    ...                       "stage|lost_customers|b": 2, "stage|lost_revenue|b": 500})
+    >>> r["touchpoints"][0]["linear"], r["channels"][0]["channel"], r["stages"][1]["lost_revenue"]
+    (10.0, 'email', 5.0)
+    """
+
+    def table(kind: str, label: str) -> list[dict[str, Any]]:
+        names = sorted({k.split("|", 2)[2] for k in totals if k.startswith(f"{kind}|")})
+        rows = [
+            {label: n, **{m: round(totals.get(f"{kind}|{m}|{n}", 0.0) / 100, 2) for m in ATTRIBUTION_MODELS}}
+            for n in names
+        ]
+        return sorted(rows, key=lambda r: -r["linear"])
+
+    stages = [
+        {
+            "stage": s,
+            "value_created": round(totals.get(f"stage|created|{s}", 0.0) / 100, 2),
+            "customers_lost": int(totals.get(f"stage|lost_customers|{s}", 0)),
+            "lost_revenue": round(totals.get(f"stage|lost_revenue|{s}", 0.0) / 100, 2),
+        }
+        for s in journey.stages
+    ]
+    return {
+        "models": list(ATTRIBUTION_MODELS),
+        "touchpoints": table("tp", "touchpoint"),
+        "channels": table("ch", "channel"),
+        "stages": stages,
+        "unattributed": round(totals.get("unattributed", 0.0) / 100, 2),
+    }

@@ -16,8 +16,10 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from models.alerts import render
+from models.journey import JourneyState
 from models.journey_map import JourneyMap
 from models.watermark import PartitionClock, Watermarks
+from streams.clv_model import ClvModels, customer_value
 from streams.journey_file import MapFileError, load_journey_map
 from streams.journey_store import RedisJourneyStore
 from streams.pipeline import BatchResult, DeadLetter, Limits, PipelineStats, SourceRecord, advance_journeys
@@ -61,9 +63,10 @@ class KafkaAlerts:
     for one stall. One drain per partition at a time.
     """
 
-    def __init__(self, topic: faust.TopicT, store: RedisJourneyStore) -> None:
+    def __init__(self, topic: faust.TopicT, worker: Worker) -> None:
         self.topic = topic
-        self.store = store
+        self.worker = worker
+        self.store = worker.store
         self.locks: dict[int, asyncio.Lock] = {}
         self.emitted: dict[str, int] = {}
 
@@ -73,9 +76,12 @@ class KafkaAlerts:
         async with lock:
             while facts := await self.store.outbox(partition, limit=500):
                 now_ms = int(time.time() * 1000)
+                states = await self.store.get_many(list(dict.fromkeys(f.customer_id for f in facts)))
                 pending = []
                 for f in facts:
-                    body = render(f, emitted_at_ms=now_ms)
+                    state = states.get(f.customer_id)
+                    extra = {"clv": self.worker.value_of(state, now_ms) if state else None}
+                    body = render(f, emitted_at_ms=now_ms, extra=extra)
                     pending.append(
                         await self.topic.send(key=f.customer_id.encode(), value=orjson.dumps(body), force=True)
                     )
@@ -115,6 +121,20 @@ class Worker:
         self.started_at = time.time()
         self.alerts: KafkaAlerts | None = None
         self.map_mtime = settings.map.stat().st_mtime if settings.map.exists() else None
+        self.clv = ClvModels(self.redis, settings.redis_prefix)
+
+    def value_of(self, state: JourneyState, now_ms: int | None = None) -> dict[str, Any]:
+        """The customer's `clv` figures with the newest model."""
+        s = self.settings
+        return customer_value(
+            state,
+            self.clv,
+            now_ms=now_ms or int(time.time() * 1000),
+            windows=s.windows,
+            horizon_days=s.clv_horizon / 86400,
+            margin=s.clv_margin,
+            annual_discount_rate=s.clv_discount_rate,
+        )
 
     def reload_map_if_changed(self) -> bool:
         """Use the map file's new contents if it changed and is valid; keep the old map otherwise."""
@@ -232,7 +252,7 @@ def create_app(settings: Settings, journey: JourneyMap | None = None) -> faust.A
     dlq_topic = app.topic(settings.dlq_topic, key_serializer="raw", value_serializer="raw")
     alerts_topic = app.topic(settings.alerts_topic, key_serializer="raw", value_serializer="raw")
     dead_letters = KafkaDeadLetters(dlq_topic)
-    worker.alerts = KafkaAlerts(alerts_topic, worker.store)
+    worker.alerts = KafkaAlerts(alerts_topic, worker)
 
     @app.agent(touchpoints_topic, name="advance_journeys")
     async def advance_journeys_agent(stream: Any) -> None:
@@ -265,6 +285,22 @@ def create_app(settings: Settings, journey: JourneyMap | None = None) -> faust.A
     @app.timer(interval=5.0, on_leader=False)
     async def reload_map() -> None:
         worker.reload_map_if_changed()
+
+    @app.timer(interval=settings.clv_refit_interval, on_leader=True)
+    async def refit_clv() -> None:
+        # One worker (the leader) refits; everyone picks the new version up below.
+        try:
+            result = await worker.clv.refit()
+            log.info("CLV model refit: %s", {k: result.get(k) for k in ("model", "version", "n_customers", "reason")})
+        except _RETRYABLE as exc:
+            log.warning("CLV refit skipped, Redis unavailable: %s", exc)
+
+    @app.timer(interval=60.0, on_leader=False)
+    async def load_clv() -> None:
+        try:
+            await worker.clv.load()
+        except _RETRYABLE as exc:
+            log.warning("could not load the CLV model: %s", exc)
 
     @app.on_after_configured.connect  # type: ignore[misc]
     def _announce(app: faust.App, **kwargs: Any) -> None:  # noqa: ARG001

@@ -148,8 +148,11 @@ def cmd_map(args: argparse.Namespace) -> int:
 
 
 def cmd_customer(args: argparse.Namespace) -> int:
+    import time
+
     from redis.asyncio import Redis
 
+    from streams.clv_model import ClvModels, customer_value
     from streams.journey_store import RedisJourneyStore
     from streams.web import customer_body
 
@@ -163,7 +166,15 @@ def cmd_customer(args: argparse.Namespace) -> int:
                 redis, journey, prefix=settings.redis_prefix, dedupe_window_ms=0, path_length=settings.path_length
             )
             state = await store.get(args.customer_id)
-            return customer_body(state) if state else None
+            if state is None:
+                return None
+            models = ClvModels(redis, settings.redis_prefix)
+            await models.load()
+            now = int(time.time() * 1000)
+            clv = customer_value(state, models, now_ms=now, windows=settings.windows,
+                                 horizon_days=settings.clv_horizon / 86400, margin=settings.clv_margin,
+                                 annual_discount_rate=settings.clv_discount_rate)
+            return {**customer_body(state), "clv": clv}
         finally:
             await redis.aclose()
 
@@ -232,6 +243,62 @@ def cmd_gaps(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_clv(args: argparse.Namespace) -> int:  # noqa: ARG001
+    from redis.asyncio import Redis
+
+    from streams.clv_model import ClvModels
+
+    settings = _settings()
+
+    async def refit() -> dict[str, object]:
+        redis = Redis.from_url(settings.redis_url, socket_connect_timeout=3)
+        try:
+            return await ClvModels(redis, settings.redis_prefix).refit()
+        finally:
+            await redis.aclose()
+
+    result = asyncio.run(refit())
+    print(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
+    return 0 if result["model"] == "fitted" else 1
+
+
+def cmd_value(args: argparse.Namespace) -> int:
+    from redis.asyncio import Redis
+
+    from models.value import value_report
+    from streams.journey_store import RedisJourneyStore
+
+    settings = _settings()
+    journey = load_journey_map(settings.map)
+
+    async def totals() -> dict[str, float]:
+        redis = Redis.from_url(settings.redis_url, socket_connect_timeout=3)
+        try:
+            store = RedisJourneyStore(redis, journey, prefix=settings.redis_prefix, dedupe_window_ms=0, path_length=1)
+            return await store.value_totals()
+        finally:
+            await redis.aclose()
+
+    report = value_report(journey, asyncio.run(totals()))
+    if args.json:
+        print(orjson.dumps(report).decode())
+        return 0
+    cur = settings.currency
+    for title, rows, label in (("Touchpoints", report["touchpoints"], "touchpoint"),
+                               ("Channels", report["channels"], "channel")):
+        print(f"{title}: attributed purchase value ({cur})")
+        print(f"  {label:<22} {'first':>10} {'last':>10} {'linear':>10} {'decay':>10}")
+        for r in rows:
+            print(f"  {r[label]:<22} {r['first_touch']:>10.2f} {r['last_touch']:>10.2f} {r['linear']:>10.2f} "
+                  f"{r['time_decay']:>10.2f}")
+        print()
+    print(f"Stages ({cur}): value created (linear) / customers lost to drop-off / their revenue")
+    for s in report["stages"]:
+        print(f"  {s['stage']:<22} {s['value_created']:>10.2f} {s['customers_lost']:>8} {s['lost_revenue']:>10.2f}")
+    print(f"\nUnattributed (no touch within the lookback): {report['unattributed']:.2f} {cur}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="journey", description="Customer journey tracker: Kafka touchpoints -> journey state in Redis."
@@ -271,6 +338,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--days", type=_positive_int, default=30, help="sliding window of event-time days")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_gaps)
+
+    p = sub.add_parser("clv", help="predictive CLV model")
+    p.add_argument("action", choices=["fit"], help="fit BG/NBD + Gamma-Gamma on the customers in Redis")
+    p.set_defaults(func=cmd_clv)
+
+    p = sub.add_parser("value", help="which touchpoints, channels and stages create or lose value")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_value)
 
     p = sub.add_parser("customer", help="print one customer's journey state")
     p.add_argument("customer_id")

@@ -244,7 +244,19 @@ class RedisJourneyStore:
         return int(await self.redis.zcard(self.deadlines_key(partition)))
 
     async def get(self, customer_id: str) -> JourneyState | None:
-        raw = await self.redis.hgetall(self.journey_key(customer_id))
+        return self._state(customer_id, await self.redis.hgetall(self.journey_key(customer_id)))
+
+    async def get_many(self, customer_ids: list[str]) -> dict[str, JourneyState]:
+        """Several customers in one round trip (unknown ones are left out)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for cid in customer_ids:
+                pipe.hgetall(self.journey_key(cid))
+            replies = await pipe.execute()
+        states = {cid: self._state(cid, raw) for cid, raw in zip(customer_ids, replies, strict=True)}
+        return {cid: st for cid, st in states.items() if st is not None}
+
+    @staticmethod
+    def _state(customer_id: str, raw: dict[bytes, bytes]) -> JourneyState | None:
         if not raw or b"stage" not in raw:
             return None
         h = {k.decode(): v.decode() for k, v in raw.items()}

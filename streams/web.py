@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -13,6 +14,7 @@ from redis.exceptions import RedisError
 
 from models.gaps import gap_report
 from models.journey import JourneyState
+from models.value import value_report
 
 if TYPE_CHECKING:
     from streams.app import Worker
@@ -34,7 +36,7 @@ def customer_body(state: JourneyState) -> dict[str, Any]:
         "last_seen": iso(state.last_seen_ms),
         "touchpoints": dict(sorted(state.touchpoints.items())),
         "touchpoint_last_seen": {tp: iso(ms) for tp, ms in sorted(state.touchpoint_last_ms.items())},
-        "path": [{"touchpoint": tp, "at": iso(ms)} for ms, tp in state.path],
+        "path": [{"touchpoint": tp, "at": iso(ms), "channel": ch or None} for ms, tp, ch in state.path],
         "channel": state.channel,
     }
 
@@ -64,7 +66,7 @@ def register_views(app: faust.App, worker: Worker) -> None:
             state = await worker.store.get(customer_id)
             if state is None:
                 return self.json({"error": f"unknown customer {customer_id!r}"}, status=404)
-            return self.json(customer_body(state))
+            return self.json({**customer_body(state), "clv": worker.value_of(state)})
 
     @app.page("/journey/funnel")
     class FunnelView(View):
@@ -82,6 +84,26 @@ def register_views(app: faust.App, worker: Worker) -> None:
             except ValueError:
                 return self.json({"error": "days must be a whole number from 1 to 400"}, status=400)
             return self.json(await gaps_body(worker, days))
+
+    @app.page("/journey/value")
+    class ValueView(View):
+        async def get(self, request: Request) -> Response:  # noqa: ARG002
+            return self.json(value_report(worker.journey, await worker.store.value_totals()))
+
+    @app.page("/clv/model")
+    class ClvModelView(View):
+        async def get(self, request: Request) -> Response:  # noqa: ARG002
+            await worker.clv.load()
+            fitted = worker.clv.current
+            return self.json(
+                {
+                    **worker.clv.current_meta,
+                    "bgnbd": dataclasses.asdict(fitted.bgnbd) if fitted else None,
+                    "gamma_gamma": dataclasses.asdict(fitted.gamma_gamma) if fitted and fitted.gamma_gamma else None,
+                    "n_customers": fitted.n_customers if fitted else None,
+                    "log_likelihood_bgnbd": fitted.log_likelihood_bgnbd if fitted else None,
+                }
+            )
 
     @app.page("/healthz")
     class HealthView(View):

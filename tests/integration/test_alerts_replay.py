@@ -36,6 +36,8 @@ def script(t0: int) -> list[tuple[int | None, dict[str, object]]]:
     def ev(cid: str, tp: str, minute: float, sent: float | None = None) -> None:
         event = {"event_id": f"{cid}:{tp}:{minute}", "customer_id": cid, "touchpoint": tp,
                  "timestamp": t0 + int(minute * MIN)}
+        if tp in ("purchase", "upgrade"):
+            event["value"] = 40.0
         timeline.append((minute if sent is None else sent, len(timeline), None, event))
 
     def clock(minute: float) -> None:

@@ -30,7 +30,8 @@ def test_kill_minus_nine_and_restart_leaves_every_count_exact(slow_committer: Wo
     for i in range(EVENTS):
         cid = f"k{rng.randrange(CUSTOMERS):04d}"
         expected[cid] = expected.get(cid, 0) + 1
-        event = {"event_id": f"r{i}", "customer_id": cid, "touchpoint": rng.choice(TOUCHPOINTS), "timestamp": t0 + i}
+        event = {"event_id": f"r{i}", "customer_id": cid, "touchpoint": rng.choice(TOUCHPOINTS), "timestamp": t0 + i,
+                 "value": 10.0}
         w.producer.send(w.settings.touchpoints_topic, key=cid.encode(), value=orjson.dumps(event))
     w.producer.flush()
 

@@ -56,7 +56,7 @@ def test_out_of_order_events_leave_correct_state(worker: WorkerProcess):
     t0 = now_ms() - 10 * HOUR
     worker.send(ev("c3", "carol", "review", t0 + 5 * HOUR))
     worker.wait_customer("carol", lambda c: c["events"] == 1)
-    worker.send(ev("c1", "carol", "site_visit", t0), ev("c2", "carol", "purchase", t0 + HOUR))
+    worker.send(ev("c1", "carol", "site_visit", t0), ev("c2", "carol", "purchase", t0 + HOUR, value=12.0))
     body = worker.wait_customer("carol", lambda c: c["events"] == 3)
     assert body["stage"] == "advocacy"  # never moves back to an earlier stage
     assert body["last_seen"] == body["touchpoint_last_seen"]["review"]  # never moves back in time
@@ -98,7 +98,9 @@ def test_malformed_events_go_to_the_dlq_with_a_reason_and_the_worker_keeps_going
 def test_funnel_counts_each_customer_once_in_their_current_stage(worker: WorkerProcess):
     t0 = now_ms() - HOUR
     worker.send(
-        ev("f1", "fay", "site_visit", t0), ev("f2", "fay", "signup", t0 + 1), ev("f3", "fay", "upgrade", t0 + 2)
+        ev("f1", "fay", "site_visit", t0),
+        ev("f2", "fay", "signup", t0 + 1),
+        ev("f3", "fay", "upgrade", t0 + 2, value=5.0),
     )
     worker.wait_customer("fay", lambda c: c["events"] == 3)
     _, funnel = worker.get("/journey/funnel")
