@@ -283,6 +283,15 @@ def _expected_purchases(params: BGNBDParams, t, x, t_x, T):
         expected = lo + (a - (1.0 - _A_NEAR_ONE)) / (2.0 * _A_NEAR_ONE) * (hi - lo)
     else:
         expected = _expected_core(r, alpha, a, b, t, x, t_x, T)
+    # Very large a and b (a nearly homogeneous dropout probability, common when little churn
+    # heterogeneity is in the data) make (1-z)^(a-1) underflow while 2F1 overflows: 0 * inf.
+    # Shrink a + b, keeping the mean dropout a/(a+b), until the product is finite; at such
+    # concentrations the spread of p is already negligible, so the answer barely moves.
+    shrink = 1.0
+    while not np.all(np.isfinite(expected)) and shrink > 1e-6 and a * shrink > 2.0:
+        shrink /= 2.0
+        retry = _expected_core(r, alpha, a * shrink, b * shrink, t, x, t_x, T)
+        expected = np.where(np.isfinite(expected), expected, retry)
     # Rounding can leave a tiny negative (or -0.0) as t -> 0; a count is never negative.
     return np.maximum(expected, 0.0) + 0.0
 
@@ -301,8 +310,9 @@ def _expected_core(r: float, alpha: float, a: float, b: float, t, x, t_x, T):
         # is smooth in its parameters: nudging the first by 1e-9 gives it to ~1e-10.
         first = (a + b - 1.0 - r) + 1e-9 * max(1.0, abs(a + b - 1.0 - r))
         hyp = np.where(bad, hyp2f1(first, a - 1.0, c, z), hyp)
-    gone = 1.0 - np.power(1.0 - z, a - 1.0) * hyp
-    return c / (a - 1.0) * gone * _p_alive_core(r, alpha, a, b, x, t_x, T)
+    with np.errstate(invalid="ignore", over="ignore", under="ignore"):  # 0 * inf: handled by the caller
+        gone = 1.0 - np.power(1.0 - z, a - 1.0) * hyp
+        return c / (a - 1.0) * gone * _p_alive_core(r, alpha, a, b, x, t_x, T)
 
 
 # --------------------------------------------------------------------------- Gamma-Gamma

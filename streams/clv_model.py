@@ -30,6 +30,7 @@ class ClvModels:
         self.prefix = prefix
         self.current: FitResult | None = None
         self.current_meta: dict[str, Any] = {"model": "insufficient data", "version": None}
+        self._loaded_at = -1e9
 
     async def summaries(self, now_ms: int) -> tuple[np.ndarray, ...]:
         """Recency / frequency / monetary of every customer with a purchase (a SCAN of Redis)."""
@@ -81,8 +82,13 @@ class ClvModels:
         self._use(record)
         return {"model": "fitted", **record}
 
-    async def load(self) -> None:
-        """Use the newest stored version (other workers may have refitted)."""
+    async def load(self, max_age_s: float = 0.0) -> None:
+        """Use the newest stored version (another worker or `journey clv fit` may have refitted),
+        unless the one held was loaded less than ``max_age_s`` ago."""
+        now = time.monotonic()
+        if now - self._loaded_at < max_age_s:
+            return
+        self._loaded_at = now
         raw = await self.redis.get(self.key)
         if raw:
             self._use(orjson.loads(raw))

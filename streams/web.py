@@ -66,6 +66,7 @@ def register_views(app: faust.App, worker: Worker) -> None:
             state = await worker.store.get(customer_id)
             if state is None:
                 return self.json({"error": f"unknown customer {customer_id!r}"}, status=404)
+            await worker.clv.load(max_age_s=5.0)
             return self.json({**customer_body(state), "clv": worker.value_of(state)})
 
     @app.page("/journey/funnel")

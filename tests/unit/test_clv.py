@@ -526,3 +526,14 @@ def test_matches_the_lifetimes_package(base: Population, fitted: FitResult):
 
 def _fields(obj) -> dict[str, float]:
     return {name: getattr(obj, name) for name in obj.__slots__}
+
+
+@pytest.mark.parametrize("a", [215.0, 800.0, 3200.0, 1e5])
+def test_predictions_stay_finite_and_continuous_for_nearly_homogeneous_dropout(a):
+    """Found in the stream: fits with a, b in the thousands made (1-z)^(a-1) * 2F1 a 0 * inf."""
+    from models.clv import BGNBDParams, FitResult, GammaGammaParams, predict
+
+    fitted = FitResult(BGNBDParams(1.27, 60.15, a, a * 6.5), GammaGammaParams(6, 4, 15), 401, 300, -1.0, -1.0, False)
+    p = predict(fitted, x=3, t_x=97.9, T=99.9, m=25, horizon_days=365, margin=0.3, annual_discount_rate=0.1)
+    assert p.expected_purchases == pytest.approx(4.3808, abs=0.005)
+    assert p.predicted_clv == pytest.approx(32.45, abs=0.05)
