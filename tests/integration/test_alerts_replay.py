@@ -126,6 +126,8 @@ def test_exactly_the_expected_alerts_and_none_for_customers_on_time(replay):
     assert stall["expected_seconds"] == pytest.approx(66.5 * 60)
     assert stall["elapsed_seconds"] >= stall["expected_seconds"]
     assert stall["severity"] == "high" and "has not reached checkout" in stall["reason"]
+    assert stall["clv"]["orders"] == 0 and stall["clv"]["model"] == "insufficient data"  # what they are worth
+    assert by_key[("resumer", "stalled_critical_path", "resolved")]["clv"]["orders"] == 1
     drop = by_key[("staller", "drop_off", "open")]
     assert drop["expected_seconds"] == 86_400 and drop["stage"] == "purchase"
     opened = by_key[("resumer", "stalled_critical_path", "open")]
