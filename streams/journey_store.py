@@ -170,8 +170,9 @@ class RedisJourneyStore:
                 total[field.decode()] += int(value)
         return dict(total)
 
-    async def _execute(self, calls: list[tuple[int, str, list[str | int]]]) -> list[Any]:
-        """Run (partition, customer, per-event args) script calls as one pipeline; reload the script if needed."""
+    async def _execute(self, calls: dict[int, tuple[int, list[tuple[str, int, list[str | int]]]]]) -> dict[int, Any]:
+        """Run one script call per partition — ``{partition: (watermark, [(customer, n events, args)])}`` —
+        as one pipeline; reload the script if Redis lost it. Returns each partition's per-customer codes."""
         if self._sha is None:
             self._sha = await self.redis.script_load(_SCRIPT)
         try:
@@ -181,48 +182,47 @@ class RedisJourneyStore:
             self._sha = await self.redis.script_load(_SCRIPT)
             return await self._pipeline(calls)
 
-    async def _pipeline(self, calls: list[tuple[int, str, list[str | int]]]) -> list[Any]:
+    async def _pipeline(self, calls: dict[int, tuple[int, list[tuple[str, int, list[str | int]]]]]) -> dict[int, Any]:
+        fixed = (self.dedupe_window_ms, self.path_length)
         async with self.redis.pipeline(transaction=False) as pipe:
-            for partition, customer_id, args in calls:
-                pipe.evalsha(
-                    self._sha,  # type: ignore[arg-type]
-                    7,
-                    self.journey_key(customer_id),
-                    self.seen_key(customer_id),
-                    self.funnel_key,
-                    self.deadlines_key(partition),
-                    self.outbox_key(partition),
-                    self.gaps_key,
-                    self.value_key,
-                    customer_id,
-                    self.dedupe_window_ms,
-                    self.path_length,
-                    *args,
-                )
-            return await pipe.execute()  # type: ignore[no-any-return]
+            for partition, (watermark, customers) in calls.items():
+                keys = [self.funnel_key, self.deadlines_key(partition), self.outbox_key(partition), self.gaps_key,
+                        self.value_key]
+                args: list[str | int] = [*fixed, watermark, *self._map_args]
+                for customer_id, n_events, event_args in customers:
+                    keys += (self.journey_key(customer_id), self.seen_key(customer_id))
+                    args += (customer_id, n_events, *event_args)
+                pipe.evalsha(self._sha, len(keys), *keys, *args)  # type: ignore[arg-type]
+            replies = await pipe.execute()
+        return dict(zip(calls, replies, strict=True))
 
     async def apply(self, arrivals: Sequence[Arrival], watermarks: dict[int, int]) -> list[Outcome]:
         if not arrivals:
             return []
-        groups: dict[tuple[int, str], list[int]] = defaultdict(list)
+        groups: dict[int, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
         for i, a in enumerate(arrivals):
-            groups[(a.partition, a.event.customer_id)].append(i)
+            groups[a.partition][a.event.customer_id].append(i)
         stage_of, rank = self.journey.stage_of, self.journey.rank
-        calls: list[tuple[int, str, list[str | int]]] = []
-        for (partition, customer_id), indexes in groups.items():
-            args: list[str | int] = [watermarks[partition], *self._map_args]
-            for i in indexes:
-                a = arrivals[i]
-                e = a.event
-                stage = stage_of(e.touchpoint)
-                cents = to_cents(e.value) if e.value is not None else 0
-                args += (e.event_id, e.ts_ms, e.touchpoint, stage, rank(stage), e.channel or "", a.watermark_ms, cents)
-            calls.append((partition, customer_id, args))
+        calls: dict[int, tuple[int, list[tuple[str, int, list[str | int]]]]] = {}
+        for partition, customers in groups.items():
+            batch = []
+            for customer_id, indexes in customers.items():
+                args: list[str | int] = []
+                for i in indexes:
+                    a = arrivals[i]
+                    e = a.event
+                    stage = stage_of(e.touchpoint)
+                    cents = to_cents(e.value) if e.value is not None else 0
+                    args += (e.event_id, e.ts_ms, e.touchpoint, stage, rank(stage), e.channel or "", a.watermark_ms,
+                             cents)
+                batch.append((customer_id, len(indexes), args))
+            calls[partition] = (watermarks[partition], batch)
         replies = await self._execute(calls)
         outcomes: list[Outcome] = [Outcome.DUPLICATE] * len(arrivals)
-        for indexes, codes in zip(groups.values(), replies, strict=True):
-            for i, code in zip(indexes, codes, strict=True):
-                outcomes[i] = Outcome(code)
+        for partition, customers in groups.items():
+            for indexes, codes in zip(customers.values(), replies[partition], strict=True):
+                for i, code in zip(indexes, codes, strict=True):
+                    outcomes[i] = Outcome(code)
         return outcomes
 
     async def check_deadlines(self, partition: int, watermark_ms: int, limit: int = 1000) -> int:
@@ -230,7 +230,7 @@ class RedisJourneyStore:
         if not due:
             return 0
         customers = list(dict.fromkeys(m.decode().partition("|")[2] for m in due))
-        await self._execute([(partition, cid, [watermark_ms, *self._map_args]) for cid in customers])
+        await self._execute({partition: (watermark_ms, [(cid, 0, []) for cid in customers])})
         return len(customers)
 
     async def outbox(self, partition: int, limit: int = 1000) -> list[AlertFacts]:
