@@ -69,6 +69,28 @@ class KafkaAlerts:
         self.store = worker.store
         self.locks: dict[int, asyncio.Lock] = {}
         self.emitted: dict[str, int] = {}
+        self.requested: set[int] = set()
+        self.wakeup = asyncio.Event()
+
+    def request(self, partitions: set[int]) -> None:
+        """Ask the publishing task to drain these partitions' outboxes soon."""
+        self.requested |= partitions
+        self.wakeup.set()
+
+    async def run(self) -> None:
+        """The publishing task: drain what was requested, forever. Errors are logged and retried."""
+        while True:
+            await self.wakeup.wait()
+            self.wakeup.clear()
+            partitions, self.requested = self.requested, set()
+            for p in sorted(partitions):
+                try:
+                    await self.drain(p)
+                except Exception:  # the outbox keeps the facts: retry on the next request
+                    log.exception("publishing alerts of partition %d failed; will retry", p)
+                    self.requested.add(p)
+                    await asyncio.sleep(1.0)
+                    self.wakeup.set()
 
     async def drain(self, partition: int) -> int:
         lock = self.locks.setdefault(partition, asyncio.Lock())
@@ -187,7 +209,7 @@ class Worker:
         for p in sorted(partitions):
             fired += await self.store.check_deadlines(p, self.watermarks.current(p, now_ms))
             if self.alerts:
-                await self.alerts.drain(p)
+                self.alerts.request({p})
         await self.save_watermarks(partitions)
         return fired
 
@@ -209,8 +231,7 @@ class Worker:
                 )
                 await self.save_watermarks(partitions)
                 if self.alerts:
-                    for p in partitions:
-                        await self.alerts.drain(p)
+                    self.alerts.request(partitions)  # published by the alerts task, off this path
             except _RETRYABLE as exc:
                 self.stats.redis_errors += 1
                 log.warning("Redis unavailable (%s); retrying the batch in %.1fs", exc, backoff)
@@ -281,6 +302,11 @@ def create_app(settings: Settings, journey: JourneyMap | None = None) -> faust.A
         except _RETRYABLE as exc:
             worker.stats.redis_errors += 1
             log.warning("deadline check skipped, Redis unavailable: %s", exc)
+
+    @app.task
+    async def publish_alerts() -> None:
+        assert worker.alerts is not None
+        await worker.alerts.run()
 
     @app.timer(interval=5.0, on_leader=False)
     async def reload_map() -> None:
