@@ -19,7 +19,7 @@ FULL_JOURNEY = [
     ("purchase", 72), ("onboarding_complete", 600), ("review", 3000),
 ]
 # Default map: add_to_cart -> checkout is due within TE + 2σ = 66.5 min; the purchase stage
-# allows 1 day of silence; `review` ends the critical path and advocacy has no silence limit.
+# allows 7 days of silence; `review` ends the critical path and advocacy has no silence limit.
 EXPECTED = {
     ("staller", "stalled_critical_path", "open", "add_to_cart"),
     ("staller", "drop_off", "open", "add_to_cart"),
@@ -63,8 +63,8 @@ def script(t0: int) -> list[tuple[int | None, dict[str, object]]]:
     clock(200)  # watermark 195: staller (due 96.5) and resumer (due 86.5) stall
     for tp, minute in [("checkout", 300), ("purchase", 302), ("onboarding_complete", 400), ("review", 500)]:
         ev("resumer", tp, minute)  # moves on: resolved
-    clock(2000)  # watermark 1995: the staller has been silent in `purchase` for more than a day
     clock(3000)
+    clock(11_000)  # watermark 10995 min: the staller has been silent in `purchase` for more than 7 days
     return [(p, e) for _, _, p, e in sorted(timeline, key=lambda x: (x[0], x[1]))]
 
 
@@ -108,7 +108,7 @@ def replay(worker_factory: Callable[..., WorkerProcess]):
     # Wall clock out of the picture: only event time drives the watermark in this module.
     w = worker_factory(JOURNEY_IDLE_TIMEOUT="1h", JOURNEY_ALLOWED_LATENESS="5m", JOURNEY_DEADLINE_CHECK_INTERVAL="0.2s")
     w.start()
-    t0 = int(time.time() * 1000) - 3 * 86_400_000
+    t0 = int(time.time() * 1000) - 10 * 86_400_000
     events = script(t0)
     publish(w, events)
     return w, events
@@ -129,7 +129,7 @@ def test_exactly_the_expected_alerts_and_none_for_customers_on_time(replay):
     assert stall["clv"]["orders"] == 0 and stall["clv"]["model"] == "insufficient data"  # what they are worth
     assert by_key[("resumer", "stalled_critical_path", "resolved")]["clv"]["orders"] == 1
     drop = by_key[("staller", "drop_off", "open")]
-    assert drop["expected_seconds"] == 86_400 and drop["stage"] == "purchase"
+    assert drop["expected_seconds"] == 7 * 86_400 and drop["stage"] == "purchase"
     opened = by_key[("resumer", "stalled_critical_path", "open")]
     resolved = by_key[("resumer", "stalled_critical_path", "resolved")]
     assert opened["alert_id"] == resolved["alert_id"] and resolved["severity"] == "info"
