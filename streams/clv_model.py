@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import asdict
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -107,6 +108,12 @@ class ClvModels:
         self.current_meta = {"model": "fitted", "version": record["version"], "fitted_at": record["fitted_at"]}
 
 
+def _iso(ms: int | None) -> str | None:
+    if ms is None:
+        return None
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 async def _batches(it: Any, size: int) -> Any:
     batch: list[Any] = []
     async for item in it:
@@ -134,6 +141,8 @@ def customer_value(
         "revenue": state.revenue_cents / 100,
         "refunded": state.refunded_cents / 100,
         "aov": round(state.gross_cents / state.orders / 100, 2) if state.orders else None,
+        "first_purchase": _iso(state.first_order_ms),
+        "last_purchase": _iso(state.last_order_ms),
         **{
             k: (v / 100 if k.startswith("revenue") else v)
             for k, v in rolling_value(state.value_days, state.order_days, now_ms, windows).items()

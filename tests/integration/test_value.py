@@ -56,6 +56,7 @@ def test_purchases_refunds_late_and_duplicate_events_give_exact_figures(worker: 
     assert (clv["revenue_90d"], clv["orders_90d"]) == (60.0, 3)
     assert (clv["revenue_365d"], clv["orders_365d"]) == (90.0, 4)
     assert clv["model"] == "insufficient data" and clv["expected_purchases"] is None
+    assert clv["first_purchase"] < clv["last_purchase"] and clv["first_purchase"].endswith("Z")
 
     (letter,) = [m for m in worker.dead_letters(expected=1) if dict(m.headers)["journey.error.reason"]]
     assert dict(letter.headers)["journey.error.reason"] == b"currency_mismatch"
