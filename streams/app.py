@@ -20,6 +20,7 @@ from models.journey import JourneyState
 from models.journey_map import JourneyMap
 from models.watermark import PartitionClock, Watermarks
 from streams.clv_model import ClvModels, customer_value
+from streams.erasure import erase_customer
 from streams.journey_file import MapFileError, load_journey_map
 from streams.journey_store import RedisJourneyStore
 from streams.pipeline import BatchResult, DeadLetter, Limits, PipelineStats, SourceRecord, advance_journeys
@@ -178,6 +179,15 @@ class Worker:
         log.info("journey map reloaded from %s (critical path: %s)", self.settings.map, path)
         return True
 
+    async def erase(self, customer_id: str, *, requested_by: str) -> bool:
+        """Forget a customer in Redis, then publish a tombstone (key = customer id, null value)
+        to the alerts topic so downstream tools forget them too."""
+        erased = await erase_customer(self.store, customer_id, requested_by=requested_by)
+        if self.alerts:
+            sent = await self.alerts.topic.send(key=customer_id.encode(), value=None, force=True)
+            await sent
+        return erased
+
     @property
     def watermarks_key(self) -> str:
         return f"{self.settings.redis_prefix}:watermarks"
@@ -303,6 +313,25 @@ def create_app(settings: Settings, journey: JourneyMap | None = None) -> faust.A
             worker.stats.redis_errors += 1
             log.warning("deadline check skipped, Redis unavailable: %s", exc)
 
+    erasure_topic = app.topic(settings.erasure_topic, key_serializer="raw", value_serializer="raw")
+
+    @app.agent(erasure_topic, name="erase_customers")
+    async def erase_customers(stream: Any) -> None:
+        # value: {"customer_id": "...", "requested_by": "..."} (or just the key = customer id)
+        async for event in stream.events():
+            try:
+                body = orjson.loads(event.message.value) if event.message.value else {}
+            except orjson.JSONDecodeError:
+                body = {}
+            key = event.message.key.decode() if event.message.key else None
+            customer_id = body.get("customer_id") if isinstance(body, dict) else None
+            customer_id = customer_id or key
+            if not customer_id:
+                log.error("erasure request at offset %d names no customer; skipped", event.message.offset)
+                continue
+            requester = body.get("requested_by", "unknown") if isinstance(body, dict) else "unknown"
+            await worker.erase(customer_id, requested_by=f"topic {settings.erasure_topic}: {requester}")
+
     @app.task
     async def publish_alerts() -> None:
         assert worker.alerts is not None
@@ -330,6 +359,10 @@ def create_app(settings: Settings, journey: JourneyMap | None = None) -> faust.A
 
     @app.on_after_configured.connect  # type: ignore[misc]
     def _announce(app: faust.App, **kwargs: Any) -> None:  # noqa: ARG001
+        if settings.api_token is None:
+            log.warning(
+                "JOURNEY_API_TOKEN is not set: customer endpoints answer requests from this machine (loopback) only"
+            )
         log.info(
             "journey worker: %s -> Redis %s, map %s, web http://%s:%d",
             settings.touchpoints_topic,

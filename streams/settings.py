@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from models.durations import parse_duration
@@ -27,6 +27,8 @@ class Settings(BaseSettings):
     redis_url: str = "redis://127.0.0.1:16379/0"
     web_host: str = "127.0.0.1"
     web_port: int = 6066
+    # Customer endpoints need `Authorization: Bearer <token>`; without a token they answer loopback only.
+    api_token: SecretStr | None = None
     home: Path = Field(default_factory=lambda: Path.home() / ".cache" / "journey-tracker")
 
     # What the worker reads and writes
@@ -35,6 +37,7 @@ class Settings(BaseSettings):
     touchpoints_topic: str = "touchpoints"
     dlq_topic: str = "touchpoints-dlq"
     alerts_topic: str = "journey-alerts"
+    erasure_topic: str = "journey-erasures"
     topic_partitions: int = Field(default=4, ge=1)
     redis_prefix: str = "jt:v1"
 

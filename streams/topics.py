@@ -26,6 +26,7 @@ def topic_specs(settings: Settings) -> list[NewTopic]:
         ),
         NewTopic(settings.dlq_topic, partitions, 1, topic_configs={"retention.ms": str(30 * 86400 * 1000)}),
         NewTopic(settings.alerts_topic, partitions, 1),
+        NewTopic(settings.erasure_topic, 1, 1),
     ]
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hmac
 import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -18,6 +19,9 @@ from models.value import value_report
 
 if TYPE_CHECKING:
     from streams.app import Worker
+
+
+LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
 
 
 def iso(ms: int) -> str:
@@ -60,14 +64,37 @@ async def gaps_body(worker: Worker, days: int) -> dict[str, Any]:
 def register_views(app: faust.App, worker: Worker) -> None:
     """Attach the worker's HTTP views to the Faust app."""
 
+    def refused(view: View, request: Request) -> Response | None:
+        """401 without the right bearer token; without a configured token, loopback callers only."""
+        token = worker.settings.api_token
+        if token is None:
+            if request.remote in LOOPBACK:
+                return None
+            return view.json({"error": "customer data is only served to this machine (set JOURNEY_API_TOKEN)"},
+                             status=401)
+        given = request.headers.get("Authorization", "")
+        expected = f"Bearer {token.get_secret_value()}"
+        if hmac.compare_digest(given.encode(), expected.encode()):
+            return None
+        return view.json({"error": "missing or wrong bearer token"}, status=401,
+                         headers={"WWW-Authenticate": 'Bearer realm="journey-tracker"'})
+
     @app.page("/customers/{customer_id}")
     class CustomerView(View):
-        async def get(self, request: Request, customer_id: str) -> Response:  # noqa: ARG002
+        async def get(self, request: Request, customer_id: str) -> Response:
+            if (denied := refused(self, request)) is not None:
+                return denied
             state = await worker.store.get(customer_id)
             if state is None:
                 return self.json({"error": f"unknown customer {customer_id!r}"}, status=404)
             await worker.clv.load(max_age_s=5.0)
             return self.json({**customer_body(state), "clv": worker.value_of(state)})
+
+        async def delete(self, request: Request, customer_id: str) -> Response:
+            if (denied := refused(self, request)) is not None:
+                return denied
+            erased = await worker.erase(customer_id, requested_by=f"api from {request.remote}")
+            return self.json({"customer_id": customer_id, "erased": erased})
 
     @app.page("/journey/funnel")
     class FunnelView(View):
