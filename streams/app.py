@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,9 +21,10 @@ from models.journey import JourneyState
 from models.journey_map import JourneyMap
 from models.watermark import PartitionClock, Watermarks
 from streams.clv_model import ClvModels, customer_value
-from streams.erasure import erase_customer
+from streams.erasure import erase_customer, pseudonym
 from streams.journey_file import MapFileError, load_journey_map
 from streams.journey_store import RedisJourneyStore
+from streams.metrics import WorkerMetrics
 from streams.pipeline import BatchResult, DeadLetter, Limits, PipelineStats, SourceRecord, advance_journeys
 from streams.settings import Settings
 from streams.web import register_views
@@ -72,6 +74,7 @@ class KafkaAlerts:
         self.emitted: dict[str, int] = {}
         self.requested: set[int] = set()
         self.wakeup = asyncio.Event()
+        self.recent: deque[dict[str, Any]] = deque(maxlen=50)  # for the dashboard, pseudonymised
 
     def request(self, partitions: set[int]) -> None:
         """Ask the publishing task to drain these partitions' outboxes soon."""
@@ -107,6 +110,10 @@ class KafkaAlerts:
                     body = render(f, emitted_at_ms=now_ms, extra=extra)
                     pending.append(
                         await self.topic.send(key=f.customer_id.encode(), value=orjson.dumps(body), force=True)
+                    )
+                    self.recent.appendleft(
+                        {k: v for k, v in body.items() if k not in ("customer_id", "clv")}
+                        | {"customer": pseudonym(f.customer_id)}
                     )
                     label = f"{f.type.value}:{f.status.value}"
                     self.emitted[label] = self.emitted.get(label, 0) + 1
@@ -145,6 +152,8 @@ class Worker:
         self.alerts: KafkaAlerts | None = None
         self.map_mtime = settings.map.stat().st_mtime if settings.map.exists() else None
         self.clv = ClvModels(self.redis, settings.redis_prefix)
+        self.metrics = WorkerMetrics(self)
+        self.offsets: dict[int, int] = {}  # last offset read per touchpoints partition
 
     def value_of(self, state: JourneyState, now_ms: int | None = None) -> dict[str, Any]:
         """The customer's `clv` figures with the newest model."""
@@ -253,6 +262,10 @@ class Worker:
                 await asyncio.sleep(_MAX_BACKOFF_S)
             else:
                 self.stats.record(len(records), result)
+                self.metrics.observe_batch(records, result.applied_event_times_ms, int(time.time() * 1000))
+                for r in records:
+                    if r.offset >= self.offsets.get(r.partition, -1):
+                        self.offsets[r.partition] = r.offset
                 return result
 
 
@@ -274,6 +287,8 @@ def create_app(settings: Settings, journey: JourneyMap | None = None) -> faust.A
         producer_acks=-1,
         broker_commit_interval=settings.commit_interval,
     )
+    # Faust's own pages (router, tables, its index at "/") expose internals; this worker serves its own.
+    app.web.blueprints._enabled = []
     worker = Worker(settings, journey)
     app.journey_worker = worker  # type: ignore[attr-defined]
 

@@ -69,6 +69,7 @@ class BatchResult:
     applied: int = 0
     duplicates: int = 0
     dead: list[DeadLetter] = field(default_factory=list)
+    applied_event_times_ms: list[int] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -162,6 +163,7 @@ async def advance_journeys(
         event = arrival.event
         if outcome is Outcome.APPLIED:
             result.applied += 1
+            result.applied_event_times_ms.append(event.ts_ms)
         elif outcome is Outcome.DUPLICATE:
             result.duplicates += 1
         else:

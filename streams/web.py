@@ -7,6 +7,7 @@ import dataclasses
 import hmac
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import faust
@@ -16,12 +17,14 @@ from redis.exceptions import RedisError
 from models.gaps import gap_report
 from models.journey import JourneyState
 from models.value import value_report
+from streams.openapi import openapi_document
 
 if TYPE_CHECKING:
     from streams.app import Worker
 
 
 LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
+DASHBOARD = Path(__file__).with_name("static") / "dashboard.html"
 
 
 def iso(ms: int) -> str:
@@ -148,6 +151,54 @@ def register_views(app: faust.App, worker: Worker) -> None:
                 "redis": {"reachable": redis_ok},
             }
             return self.json(body, status=200 if ok else 503)
+
+    @app.page("/")
+    class DashboardView(View):
+        async def get(self, request: Request) -> Response:  # noqa: ARG002
+            page = DASHBOARD.read_text(encoding="utf-8") if DASHBOARD.exists() else "<h1>journey-tracker</h1>"
+            return self.html(page)
+
+    @app.page("/alerts/recent")
+    class RecentAlertsView(View):
+        async def get(self, request: Request) -> Response:  # noqa: ARG002
+            return self.json({"alerts": list(worker.alerts.recent) if worker.alerts else []})
+
+    @app.page("/metrics")
+    class MetricsView(View):
+        async def get(self, request: Request) -> Response:  # noqa: ARG002
+            collector = worker.metrics.collector
+            owned = [tp for tp in app.consumer.assignment() if tp.topic == worker.settings.touchpoints_topic]
+            collector.lag = {}
+            for tp in owned:
+                high = app.consumer.highwater(tp)
+                if high is not None:
+                    collector.lag[tp.partition] = max(0, high - worker.offsets.get(tp.partition, -1) - 1)
+            try:
+                collector.pending_deadlines = sum(
+                    [await worker.store.pending_deadlines(tp.partition) for tp in owned]
+                )
+            except (RedisError, OSError):
+                collector.pending_deadlines = None
+            return self.bytes(worker.metrics.exposition(), content_type="text/plain; version=0.0.4")
+
+    @app.page("/readyz")
+    class ReadyView(View):
+        async def get(self, request: Request) -> Response:  # noqa: ARG002
+            try:
+                redis_ok = bool(await asyncio.wait_for(worker.redis.ping(), 2.0))
+            except (RedisError, OSError, TimeoutError):
+                redis_ok = False
+            kafka_ok = await _tcp_reachable(*worker.settings.kafka_host_port)
+            assigned = sorted(tp.partition for tp in app.consumer.assignment()
+                              if tp.topic == worker.settings.touchpoints_topic)
+            ready = redis_ok and kafka_ok and bool(assigned)
+            body = {"ready": ready, "kafka": kafka_ok, "redis": redis_ok, "assigned_partitions": assigned}
+            return self.json(body, status=200 if ready else 503)
+
+    @app.page("/openapi.json")
+    class OpenApiView(View):
+        async def get(self, request: Request) -> Response:  # noqa: ARG002
+            return self.json(openapi_document())
 
     @app.page("/worker/stats")
     class StatsView(View):

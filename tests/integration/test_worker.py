@@ -111,3 +111,25 @@ def test_funnel_counts_each_customer_once_in_their_current_stage(worker: WorkerP
     assert sum(counts.values()) == sum(
         1 for cid in ("alice", "bob", "carol", "dan", "fay") if worker.customer(cid) is not None
     )
+
+
+def test_ops_endpoints_metrics_readiness_and_openapi(worker: WorkerProcess):
+    import urllib.request
+
+    with urllib.request.urlopen(worker.base_url + "/metrics", timeout=5) as r:  # noqa: S310
+        text = r.read().decode()
+        assert r.headers["Content-Type"].startswith("text/plain")
+    stats = worker.get("/worker/stats")[1]
+    for name in ("journey_events_consumed_total", "journey_events_applied_total", "journey_events_duplicate_total",
+                 "journey_dead_letters_total", "journey_batch_size_bucket", "journey_processing_latency_seconds_bucket",
+                 "journey_consumer_lag", "journey_watermark_seconds", "journey_pending_deadlines",
+                 "journey_redis_errors_total"):
+        assert name in text, name
+    consumed = next(line for line in text.splitlines() if line.startswith("journey_events_consumed_total "))
+    assert float(consumed.split()[1]) >= stats["consumed"] > 0
+    assert 'journey_processing_latency_seconds_bucket{clock="append_time"' in text
+    assert 'journey_dead_letters_total{reason="undecodable"}' in text
+    status, ready = worker.get("/readyz")
+    assert status == 200 and ready["ready"] is True and ready["assigned_partitions"] == [0, 1]
+    status, spec = worker.get("/openapi.json")
+    assert status == 200 and spec["openapi"].startswith("3.") and "/customers/{customer_id}" in spec["paths"]

@@ -1,0 +1,95 @@
+"""Prometheus metrics of one worker: counters read from the worker at scrape time, histograms observed per batch."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from streams.app import Worker
+    from streams.pipeline import SourceRecord
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600, 86400)
+BATCH_BUCKETS = (1, 5, 10, 25, 50, 100, 250, 500, 1000)
+
+
+class WorkerCollector(Collector):
+    """Counters and gauges taken from the worker's own state when Prometheus scrapes."""
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self.lag: dict[int, int] = {}
+        self.pending_deadlines: int | None = None
+
+    def collect(self) -> Iterator[Any]:
+        s = self.worker.stats
+        for name, value, doc in (
+            ("journey_events_consumed", s.consumed, "Events read from the touchpoints topic."),
+            ("journey_events_applied", s.applied, "Events applied to journey state (first delivery)."),
+            ("journey_events_duplicate", s.duplicates, "Redelivered or re-sent events recognised and skipped."),
+            ("journey_redis_errors", s.redis_errors, "Redis calls that failed and were retried."),
+        ):
+            yield CounterMetricFamily(name, doc, value=value)
+        dead = CounterMetricFamily("journey_dead_letters", "Events sent to the dead-letter topic.", labels=["reason"])
+        for reason, n in sorted(s.dead_letters.items()):
+            dead.add_metric([reason], n)
+        yield dead
+        alerts = CounterMetricFamily(
+            "journey_alerts_emitted", "Alert messages published.", labels=["type", "status"]
+        )
+        for label, n in sorted((self.worker.alerts.emitted if self.worker.alerts else {}).items()):
+            kind, _, status = label.partition(":")
+            alerts.add_metric([kind, status], n)
+        yield alerts
+        wm = GaugeMetricFamily(
+            "journey_watermark_seconds", "Event-time watermark per partition (Unix seconds).", labels=["partition"]
+        )
+        for p, clock in sorted(self.worker.watermarks.partitions.items()):
+            if clock.watermark_ms > 0:
+                wm.add_metric([str(p)], clock.watermark_ms / 1000)
+        yield wm
+        lag = GaugeMetricFamily("journey_consumer_lag", "Messages not yet read, per partition.", labels=["partition"])
+        for p, n in sorted(self.lag.items()):
+            lag.add_metric([str(p)], n)
+        yield lag
+        if self.pending_deadlines is not None:
+            yield GaugeMetricFamily(
+                "journey_pending_deadlines", "Deadlines waiting in the partitions this worker owns.",
+                value=self.pending_deadlines,
+            )
+
+
+class WorkerMetrics:
+    """The worker's registry: scrape-time collector plus per-batch histograms."""
+
+    def __init__(self, worker: Worker) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.collector = WorkerCollector(worker)
+        self.registry.register(self.collector)
+        self.batch_size = Histogram(
+            "journey_batch_size", "Events per processed batch.", buckets=BATCH_BUCKETS, registry=self.registry
+        )
+        self.latency = Histogram(
+            "journey_processing_latency_seconds",
+            "From event time, or from the broker's append time, until the event is applied.",
+            ["clock"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self._event_time = self.latency.labels("event_time")
+        self._append_time = self.latency.labels("append_time")
+
+    def observe_batch(self, records: Sequence[SourceRecord], event_times_ms: Iterable[int], now_ms: int) -> None:
+        self.batch_size.observe(len(records))
+        for ts in event_times_ms:
+            self._event_time.observe(max(0.0, (now_ms - ts) / 1000))
+        for r in records:
+            if r.timestamp_ms is not None:
+                self._append_time.observe(max(0.0, (now_ms - r.timestamp_ms) / 1000))
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

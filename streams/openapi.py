@@ -1,0 +1,53 @@
+"""The worker's HTTP API as an OpenAPI 3.1 document (served at /openapi.json)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+_JSON = {"application/json": {"schema": {"type": "object"}}}
+
+
+def _get(summary: str, *, personal: bool = False, params: list[dict[str, Any]] | None = None,
+         extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    op: dict[str, Any] = {"summary": summary, "responses": {"200": {"description": "OK", "content": _JSON}}}
+    if params:
+        op["parameters"] = params
+    if personal:
+        op["security"] = [{"bearer": []}]
+        op["responses"]["401"] = {"description": "missing or wrong bearer token (or not loopback without a token)"}
+    if extra:
+        op["responses"].update(extra)
+    return op
+
+
+CUSTOMER = {"name": "customer_id", "in": "path", "required": True, "schema": {"type": "string"}}
+
+
+def openapi_document() -> dict[str, Any]:
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "journey-tracker worker", "version": "1"},
+        "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+        "paths": {
+            "/customers/{customer_id}": {
+                "get": _get("A customer's journey, value and open alerts", personal=True, params=[CUSTOMER],
+                            extra={"404": {"description": "unknown customer"}}),
+                "delete": _get("Erase a customer (right to be forgotten); publishes a tombstone", personal=True,
+                               params=[CUSTOMER]),
+            },
+            "/journey/funnel": {"get": _get("Customers currently in each stage")},
+            "/journey/gaps": {"get": _get("Expected vs actual transition times, conversion and drop-off rates",
+                                          params=[{"name": "days", "in": "query", "schema": {"type": "integer"}}],
+                                          extra={"400": {"description": "bad days"}})},
+            "/journey/value": {"get": _get("Value attributed to touchpoints, channels, stages; value lost")},
+            "/clv/model": {"get": _get("The newest CLV model version and parameters")},
+            "/alerts/recent": {"get": _get("The latest alerts this worker published (pseudonymised)")},
+            "/worker/stats": {"get": _get("This worker's counters")},
+            "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "text"}}}},
+            "/healthz": {"get": _get("Liveness: Kafka and Redis reachable",
+                                     extra={"503": {"description": "degraded"}})},
+            "/readyz": {"get": _get("Readiness: Kafka and Redis reachable and partitions assigned",
+                                    extra={"503": {"description": "not ready"}})},
+            "/": {"get": {"summary": "The live dashboard", "responses": {"200": {"description": "HTML"}}}},
+        },
+    }
