@@ -299,6 +299,47 @@ def cmd_value(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_alerts(args: argparse.Namespace) -> int:
+    from kafka import KafkaConsumer
+
+    settings = _settings()
+    consumer = KafkaConsumer(
+        settings.alerts_topic,
+        bootstrap_servers=settings.bootstrap_servers,
+        auto_offset_reset="earliest" if args.from_beginning else "latest",
+        enable_auto_commit=False,
+        consumer_timeout_ms=int(args.timeout * 1000) if args.timeout else float("inf"),
+    )
+    if not args.json:
+        print(f"{'event time':<24} {'type':<22} {'status':<9} {'customer':<14} {'stage':<14} {'touchpoint':<22} "
+              f"{'severity':<8} {'value':>9}  reason", flush=True)
+    shown = 0
+    try:
+        for message in consumer:
+            if message.value is None:  # a tombstone: the customer was erased
+                if args.json:
+                    print(orjson.dumps({"erased": (message.key or b"").decode()}).decode(), flush=True)
+                continue
+            a = orjson.loads(message.value)
+            clv = a.get("clv") or {}
+            worth = clv.get("predicted_clv") if clv.get("predicted_clv") is not None else clv.get("revenue", 0.0)
+            if (args.type and a["type"] != args.type) or (args.min_clv is not None and (worth or 0) < args.min_clv):
+                continue
+            if args.json:
+                print(orjson.dumps(a).decode(), flush=True)
+            else:
+                step = a["touchpoint"] + (f" -> {a['next_touchpoint']}" if a.get("next_touchpoint") else "")
+                print(f"{a['event_time']:<24} {a['type']:<22} {a['status']:<9} {a['customer_id'][:14]:<14} "
+                      f"{a['stage']:<14} {step[:22]:<22} {a['severity']:<8} {worth or 0:>9.2f}  {a['reason']}",
+                      flush=True)
+            shown += 1
+            if args.max and shown >= args.max:
+                break
+    finally:
+        consumer.close()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="journey", description="Customer journey tracker: Kafka touchpoints -> journey state in Redis."
@@ -346,6 +387,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("value", help="which touchpoints, channels and stages create or lose value")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_value)
+
+    p = sub.add_parser("alerts", help="follow the alerts topic")
+    p.add_argument("action", choices=["tail"])
+    p.add_argument("--type", choices=["stalled_critical_path", "drop_off"], help="only this type")
+    p.add_argument("--min-clv", type=float, default=None, help="only customers worth at least this much")
+    p.add_argument("--from-beginning", action="store_true", help="start at the oldest alert, not the next one")
+    p.add_argument("--max", type=_positive_int, default=None, help="stop after this many alerts")
+    p.add_argument("--timeout", type=float, default=None, help="stop after this many seconds without an alert")
+    p.add_argument("--json", action="store_true", help="one JSON alert per line")
+    p.set_defaults(func=cmd_alerts)
 
     p = sub.add_parser("customer", help="print one customer's journey state")
     p.add_argument("customer_id")

@@ -175,3 +175,24 @@ def test_gap_analysis_reports_expected_and_actual_transition_times(replay):
     stages = {s["stage"]: s for s in gaps["stages"]}
     assert stages["purchase"]["drop_offs"] == 1 and stages["purchase"]["reached"] >= 4
     assert w.get("/journey/gaps?days=forever")[0] == 400
+
+
+def test_alerts_tail_prints_them_for_people_and_scripts(replay):
+    import os
+    import subprocess
+    import sys
+
+    from tests.integration.conftest import ROOT
+
+    w, _ = replay
+    read_alerts(w, at_least=len(EXPECTED))
+    env = {**os.environ, **w.env}
+    base = [sys.executable, "-m", "streams.cli", "alerts", "tail", "--from-beginning", "--timeout", "5"]
+    table = subprocess.run([*base, "--type", "drop_off"], env=env, capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert table.returncode == 0, table.stderr
+    lines = table.stdout.splitlines()
+    assert lines[0].split()[:3] == ["event", "time", "type"] and len(lines) == 2  # header + the staller's drop-off
+    assert "staller" in lines[1] and "drop_off" in lines[1]
+    as_json = subprocess.run([*base, "--json"], env=env, capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert {(a["customer_id"], a["type"], a["status"], a["touchpoint"])
+            for a in map(orjson.loads, as_json.stdout.splitlines())} == EXPECTED
