@@ -12,6 +12,12 @@ if ! command -v docker-compose >/dev/null && [ "$(id -u)" = 0 ] && command -v ap
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose) >/dev/null
 fi
 
+# Debian's chromium drives the dashboard test in a real (headless) browser.
+if ! command -v chromium >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  echo "== installing chromium (for the dashboard test)" >&2
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null
+fi
+
 .venv/bin/journey stack up
 mkdir -p test-output
 set +e

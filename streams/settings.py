@@ -90,6 +90,11 @@ class Settings(BaseSettings):
             return parse_duration(value)
         raise ValueError("expected a duration such as 90s, 15m, 2h or 3d")
 
+    @field_validator("api_token", mode="before")
+    @classmethod
+    def _token(cls, value: object) -> object:
+        return None if value in ("", None) else value  # an empty variable means: no token
+
     @field_validator("fx_rates")
     @classmethod
     def _rates(cls, value: str) -> str:

@@ -14,6 +14,7 @@ import faust
 from faust.web import Request, Response, View
 from redis.exceptions import RedisError
 
+from models.alerts import AlertFacts, AlertStatus, AlertType, alert_id
 from models.gaps import gap_report
 from models.journey import JourneyState
 from models.value import value_report
@@ -91,7 +92,9 @@ def register_views(app: faust.App, worker: Worker) -> None:
             if state is None:
                 return self.json({"error": f"unknown customer {customer_id!r}"}, status=404)
             await worker.clv.load(max_age_s=5.0)
-            return self.json({**customer_body(state), "clv": worker.value_of(state)})
+            return self.json(
+                {**customer_body(state), "clv": worker.value_of(state), "open_alerts": await open_alerts(customer_id)}
+            )
 
         async def delete(self, request: Request, customer_id: str) -> Response:
             if (denied := refused(self, request)) is not None:
@@ -99,11 +102,36 @@ def register_views(app: faust.App, worker: Worker) -> None:
             erased = await worker.erase(customer_id, requested_by=f"api from {request.remote}")
             return self.json({"customer_id": customer_id, "erased": erased})
 
+    async def open_alerts(customer_id: str) -> list[dict[str, Any]]:
+        deadlines = await worker.store.get_deadlines(customer_id, partition=0)
+        out = []
+        for kind, alert in ((AlertType.STALLED_CRITICAL_PATH, deadlines.stall_open),
+                            (AlertType.DROP_OFF, deadlines.drop_open)):
+            if alert is not None:
+                facts = AlertFacts(kind, AlertStatus.OPEN, customer_id, alert.stage, alert.touchpoint,
+                                   alert.anchor_ms, alert.expected_ms, alert.anchor_ms + alert.expected_ms,
+                                   alert.next_touchpoint, alert.severity)
+                out.append({"alert_id": alert_id(facts), "type": kind.value, "stage": alert.stage,
+                            "touchpoint": alert.touchpoint, "next_touchpoint": alert.next_touchpoint,
+                            "since": iso(alert.anchor_ms + alert.expected_ms), "severity": alert.severity})
+        return out
+
     @app.page("/journey/funnel")
     class FunnelView(View):
         async def get(self, request: Request) -> Response:  # noqa: ARG002
             counts = await worker.store.funnel()
-            return self.json({"stages": [{"stage": s, "customers": n} for s, n in counts.items()]})
+            gaps = {s["stage"]: s for s in (await gaps_body(worker, 30))["stages"]}
+            stages = [
+                {
+                    "stage": s,
+                    "customers": n,
+                    "reached_30d": gaps[s]["reached"],
+                    "conversion_rate_30d": gaps[s]["converted_to_next"],
+                    "drop_off_rate_30d": gaps[s]["drop_off_rate"],
+                }
+                for s, n in counts.items()
+            ]
+            return self.json({"stages": stages})
 
     @app.page("/journey/gaps")
     class GapsView(View):

@@ -74,4 +74,6 @@ def test_docker_compose_file_is_valid():
     result = subprocess.run([compose, "config", "-q"], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     services = subprocess.run([compose, "config", "--services"], cwd=ROOT, capture_output=True, text=True).stdout
-    assert {"kafka", "redis", "worker"} <= set(services.split())
+    assert {"kafka", "redis", "worker", "prometheus", "grafana"} <= set(services.split())
+    for path in ("deploy/prometheus.yml", "deploy/grafana/dashboards/journey-tracker.json"):
+        assert (ROOT / path).exists(), path

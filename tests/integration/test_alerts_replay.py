@@ -130,6 +130,9 @@ def test_exactly_the_expected_alerts_and_none_for_customers_on_time(replay):
     assert by_key[("resumer", "stalled_critical_path", "resolved")]["clv"]["orders"] == 1
     drop = by_key[("staller", "drop_off", "open")]
     assert drop["expected_seconds"] == 7 * 86_400 and drop["stage"] == "purchase"
+    staller = w.customer("staller")
+    assert {a["alert_id"] for a in staller["open_alerts"]} == {stall["alert_id"], drop["alert_id"]}
+    assert w.customer("resumer")["open_alerts"] == []
     opened = by_key[("resumer", "stalled_critical_path", "open")]
     resolved = by_key[("resumer", "stalled_critical_path", "resolved")]
     assert opened["alert_id"] == resolved["alert_id"] and resolved["severity"] == "info"
