@@ -15,6 +15,7 @@ from kafka.errors import KafkaError
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 
+from models.journey_map import JourneyMap
 from streams.journey_file import MapFileError, load_journey_map
 from streams.settings import Settings
 from streams.stack import StackError
@@ -129,6 +130,9 @@ def cmd_map(args: argparse.Namespace) -> int:
 
     path: Path = args.file or _settings().map
     journey = load_journey_map(path)
+    if args.json and args.action in ("check", "show"):
+        print(orjson.dumps(map_json(journey, path)).decode())
+        return 0
     if args.action == "check":
         flow = f", {len(journey.flow.activities)} activities" if journey.flow else ""
         print(f"{path}: OK ({len(journey.stages)} stages, {len(journey.touchpoints)} touchpoints{flow})")
@@ -145,6 +149,25 @@ def cmd_map(args: argparse.Namespace) -> int:
         raise UserError(f"cannot write {out}: {exc.strerror or exc}") from None
     print(f"wrote {out} (critical path in red)")
     return 0
+
+
+def map_json(journey: JourneyMap, path: Path) -> dict[str, object]:
+    activities = []
+    if journey.flow:
+        for t in journey.flow.activity_timings():
+            a = t.activity
+            activities.append({"from": a.source, "to": a.target, "expected_seconds": a.expected,
+                               "sigma_seconds": a.sigma, "slack_seconds": t.slack, "critical": t.critical})
+    return {
+        "file": str(path),
+        "valid": True,
+        "stages": [{"stage": s, "max_silence_seconds": journey.max_silence_s.get(s),
+                    "severity": journey.severity.get(s, "medium"),
+                    "touchpoints": [tp for tp, st in journey.touchpoints.items() if st == s]} for s in journey.stages],
+        "activities": activities,
+        "critical_path": list(journey.critical_path),
+        "stall_after_seconds": [ms / 1000 for ms in journey.stall_after_ms],
+    }
 
 
 def cmd_customer(args: argparse.Namespace) -> int:
@@ -373,6 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["check", "show", "render"])
     p.add_argument("file", nargs="?", type=Path, help="map file (default: JOURNEY_MAP or the built-in map)")
     p.add_argument("-o", "--output", type=Path, default=Path("journey-map.svg"), help="render: SVG file to write")
+    p.add_argument("--json", action="store_true", help="check/show: machine-readable output")
     p.set_defaults(func=cmd_map)
 
     p = sub.add_parser("gaps", help="expected vs actual transition times, conversion and drop-off rates")

@@ -7,6 +7,8 @@ import socket
 import subprocess
 from pathlib import Path
 
+import orjson
+
 ROOT = Path(__file__).parents[2]
 
 
@@ -23,6 +25,8 @@ def test_the_default_map_checks_ok_and_shows_its_stages(journey):
     show = journey("map", "show")
     assert "1. awareness" in show.stdout and "ad_click, site_visit" in show.stdout
     assert "Critical path (*): ad_click -> site_visit -> signup -> add_to_cart" in show.stdout
+    shown = orjson.loads(journey("map", "show", "--json").stdout)
+    assert shown["critical_path"][:3] == ["ad_click", "site_visit", "signup"] and len(shown["activities"]) == 10
 
 
 def test_a_broken_map_is_refused_naming_the_line_and_entry(journey, tmp_path: Path):
