@@ -91,6 +91,7 @@ class KafkaAlerts:
                 try:
                     await self.drain(p)
                 except Exception:  # the outbox keeps the facts: retry on the next request
+                    self.worker.stats.kafka_errors += 1
                     log.exception("publishing alerts of partition %d failed; will retry", p)
                     self.requested.add(p)
                     await asyncio.sleep(1.0)

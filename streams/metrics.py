@@ -32,6 +32,7 @@ class WorkerCollector(Collector):
             ("journey_events_applied", s.applied, "Events applied to journey state (first delivery)."),
             ("journey_events_duplicate", s.duplicates, "Redelivered or re-sent events recognised and skipped."),
             ("journey_redis_errors", s.redis_errors, "Redis calls that failed and were retried."),
+            ("journey_kafka_errors", s.kafka_errors, "Kafka sends (alerts) that failed and were retried."),
         ):
             yield CounterMetricFamily(name, doc, value=value)
         dead = CounterMetricFamily("journey_dead_letters", "Events sent to the dead-letter topic.", labels=["reason"])

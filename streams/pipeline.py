@@ -82,6 +82,7 @@ class PipelineStats:
     batches: int = 0
     last_batch_size: int = 0
     redis_errors: int = 0
+    kafka_errors: int = 0
     dead_letters: Counter[str] = field(default_factory=Counter)
 
     def record(self, size: int, result: BatchResult) -> None:
@@ -102,6 +103,7 @@ class PipelineStats:
             "batches": self.batches,
             "last_batch_size": self.last_batch_size,
             "redis_errors": self.redis_errors,
+            "kafka_errors": self.kafka_errors,
         }
 
 
