@@ -112,9 +112,10 @@ class KafkaAlerts:
                     pending.append(
                         await self.topic.send(key=f.customer_id.encode(), value=orjson.dumps(body), force=True)
                     )
+                    alias = pseudonym(f.customer_id)
                     self.recent.appendleft(
-                        {k: v for k, v in body.items() if k not in ("customer_id", "clv")}
-                        | {"customer": pseudonym(f.customer_id)}
+                        {k: v for k, v in body.items() if k not in ("customer_id", "clv", "reason")}
+                        | {"customer": alias, "reason": body["reason"].replace(f.customer_id, alias)}
                     )
                     label = f"{f.type.value}:{f.status.value}"
                     self.emitted[label] = self.emitted.get(label, 0) + 1

@@ -186,6 +186,12 @@ def register_views(app: faust.App, worker: Worker) -> None:
             page = DASHBOARD.read_text(encoding="utf-8") if DASHBOARD.exists() else "<h1>journey-tracker</h1>"
             return self.html(page)
 
+    @app.page("/model")
+    class ModelView(View):
+        async def get(self, request: Request) -> Response:  # noqa: ARG002
+            # The upsell-propensity model arrives with its own feature; until then, say so in JSON.
+            return self.json({"error": "no propensity model yet"}, status=404)
+
     @app.page("/alerts/recent")
     class RecentAlertsView(View):
         async def get(self, request: Request) -> Response:  # noqa: ARG002
