@@ -7,8 +7,9 @@ import asyncio
 import dataclasses
 import random
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import orjson
 from kafka.errors import KafkaError
@@ -20,6 +21,8 @@ from streams.journey_file import MapFileError, load_journey_map
 from streams.settings import Settings
 from streams.stack import StackError
 from streams.topics import TopicError
+
+T = TypeVar("T")
 
 
 class UserError(Exception):
@@ -56,6 +59,25 @@ def cmd_stack(args: argparse.Namespace) -> int:
             pid = f"pid {s.pid}" if s.pid else "-"
             print(f"{s.name:<6} {state:<8} {s.address:<22} {pid:<10} {s.detail}")
     return 0 if args.action == "down" or all(s.running for s in statuses) else 1
+
+
+def with_store(settings: Settings, journey: JourneyMap, use: Callable[..., Awaitable[T]]) -> T:
+    """Run ``use(store, redis)`` against the configured Redis, and close the connection."""
+    from redis.asyncio import Redis
+
+    from streams.journey_store import RedisJourneyStore
+
+    async def run() -> T:
+        redis = Redis.from_url(settings.redis_url, socket_connect_timeout=3)
+        try:
+            store = RedisJourneyStore(
+                redis, journey, prefix=settings.redis_prefix, dedupe_window_ms=0, path_length=settings.path_length
+            )
+            return await use(store, redis)
+        finally:
+            await redis.aclose()
+
+    return asyncio.run(run())
 
 
 def check_redis(settings: Settings) -> None:
@@ -182,26 +204,18 @@ def cmd_customer(args: argparse.Namespace) -> int:
     settings = _settings()
     journey = load_journey_map(settings.map)
 
-    async def lookup() -> dict[str, object] | None:
-        redis = Redis.from_url(settings.redis_url, socket_connect_timeout=3)
-        try:
-            store = RedisJourneyStore(
-                redis, journey, prefix=settings.redis_prefix, dedupe_window_ms=0, path_length=settings.path_length
-            )
-            state = await store.get(args.customer_id)
-            if state is None:
-                return None
-            models = ClvModels(redis, settings.redis_prefix)
-            await models.load()
-            now = int(time.time() * 1000)
-            clv = customer_value(state, models, now_ms=now, windows=settings.windows,
-                                 horizon_days=settings.clv_horizon / 86400, margin=settings.clv_margin,
-                                 annual_discount_rate=settings.clv_discount_rate)
-            return {**customer_body(state), "clv": clv}
-        finally:
-            await redis.aclose()
+    async def lookup(store: RedisJourneyStore, redis: Redis) -> dict[str, object] | None:
+        state = await store.get(args.customer_id)
+        if state is None:
+            return None
+        models = ClvModels(redis, settings.redis_prefix)
+        await models.load()
+        clv = customer_value(state, models, now_ms=int(time.time() * 1000), windows=settings.windows,
+                             horizon_days=settings.clv_horizon / 86400, margin=settings.clv_margin,
+                             annual_discount_rate=settings.clv_discount_rate)
+        return {**customer_body(state), "clv": clv}
 
-    body = asyncio.run(lookup())
+    body = with_store(settings, journey, lookup)
     if body is None:
         print(f"no customer {args.customer_id!r} in Redis at {settings.redis_url}", file=sys.stderr)
         return 1
@@ -227,16 +241,11 @@ def cmd_gaps(args: argparse.Namespace) -> int:
     settings = _settings()
     journey = load_journey_map(settings.map)
 
-    async def counts() -> dict[str, int]:
-        redis = Redis.from_url(settings.redis_url, socket_connect_timeout=3)
-        try:
-            store = RedisJourneyStore(redis, journey, prefix=settings.redis_prefix, dedupe_window_ms=0, path_length=1)
-            today = int(time.time() // 86400)
-            return await store.gap_counts(today - args.days + 1, today)
-        finally:
-            await redis.aclose()
+    async def counts(store: RedisJourneyStore, redis: Redis) -> dict[str, int]:  # noqa: ARG001
+        today = int(time.time() // 86400)
+        return await store.gap_counts(today - args.days + 1, today)
 
-    report = gap_report(journey, asyncio.run(counts()))
+    report = gap_report(journey, with_store(settings, journey, counts))
     if args.json:
         print(orjson.dumps({"window_days": args.days, **report}).decode())
         return 0
@@ -294,15 +303,10 @@ def cmd_value(args: argparse.Namespace) -> int:
     settings = _settings()
     journey = load_journey_map(settings.map)
 
-    async def totals() -> dict[str, float]:
-        redis = Redis.from_url(settings.redis_url, socket_connect_timeout=3)
-        try:
-            store = RedisJourneyStore(redis, journey, prefix=settings.redis_prefix, dedupe_window_ms=0, path_length=1)
-            return await store.value_totals()
-        finally:
-            await redis.aclose()
+    async def totals(store: RedisJourneyStore, redis: Redis) -> dict[str, float]:  # noqa: ARG001
+        return await store.value_totals()
 
-    report = value_report(journey, asyncio.run(totals()))
+    report = value_report(journey, with_store(settings, journey, totals))
     if args.json:
         print(orjson.dumps(report).decode())
         return 0

@@ -102,6 +102,14 @@ def register_views(app: faust.App, worker: Worker) -> None:
             erased = await worker.erase(customer_id, requested_by=f"api from {request.remote}")
             return self.json({"customer_id": customer_id, "erased": erased})
 
+    async def reachable() -> tuple[bool, bool]:
+        """Whether Kafka (a TCP connect to the bootstrap server) and Redis (PING) answer."""
+        try:
+            redis_ok = bool(await asyncio.wait_for(worker.redis.ping(), 2.0))
+        except (RedisError, OSError, TimeoutError):
+            redis_ok = False
+        return await _tcp_reachable(*worker.settings.kafka_host_port), redis_ok
+
     async def open_alerts(customer_id: str) -> list[dict[str, Any]]:
         deadlines = await worker.store.get_deadlines(customer_id, partition=0)
         out = []
@@ -167,11 +175,7 @@ def register_views(app: faust.App, worker: Worker) -> None:
     @app.page("/healthz")
     class HealthView(View):
         async def get(self, request: Request) -> Response:  # noqa: ARG002
-            try:
-                redis_ok = bool(await asyncio.wait_for(worker.redis.ping(), 2.0))
-            except (RedisError, OSError, TimeoutError):
-                redis_ok = False
-            kafka_ok = await _tcp_reachable(*worker.settings.kafka_host_port)
+            kafka_ok, redis_ok = await reachable()
             ok = redis_ok and kafka_ok
             body = {
                 "status": "ok" if ok else "degraded",
@@ -218,11 +222,7 @@ def register_views(app: faust.App, worker: Worker) -> None:
     @app.page("/readyz")
     class ReadyView(View):
         async def get(self, request: Request) -> Response:  # noqa: ARG002
-            try:
-                redis_ok = bool(await asyncio.wait_for(worker.redis.ping(), 2.0))
-            except (RedisError, OSError, TimeoutError):
-                redis_ok = False
-            kafka_ok = await _tcp_reachable(*worker.settings.kafka_host_port)
+            kafka_ok, redis_ok = await reachable()
             assigned = sorted(tp.partition for tp in app.consumer.assignment()
                               if tp.topic == worker.settings.touchpoints_topic)
             ready = redis_ok and kafka_ok and bool(assigned)

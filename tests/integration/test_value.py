@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 
+import orjson
 import pytest
 from redis.asyncio import Redis
 
@@ -117,3 +118,21 @@ def test_the_model_is_fitted_versioned_and_used_once_there_is_enough_data(worker
     assert clv["expected_purchases"] > 0 and 0 < clv["p_alive"] <= 1 and clv["predicted_clv"] > 0
     status, model = worker.get("/clv/model")
     assert status == 200 and model["version"] == 1 and model["n_customers"] >= 401
+
+
+def test_the_cli_shows_the_same_figures_as_the_api(worker: WorkerProcess):
+    env = {**os.environ, **worker.env}
+
+    def journey(*args: str) -> object:
+        done = subprocess.run([sys.executable, "-m", "streams.cli", *args], env=env, capture_output=True, text=True,
+                              timeout=60, cwd=ROOT)
+        assert done.returncode == 0, done.stderr
+        return orjson.loads(done.stdout)
+
+    assert journey("value", "--json") == worker.get("/journey/value")[1]
+    assert journey("gaps", "--json", "--days", "30") == worker.get("/journey/gaps?days=30")[1]
+    customer = journey("customer", "vic", "--json")
+    assert customer["clv"]["orders"] == 4 and customer["stage"] == worker.customer("vic")["stage"]
+    table = subprocess.run([sys.executable, "-m", "streams.cli", "value"], env=env, capture_output=True, text=True,
+                           timeout=60, cwd=ROOT)
+    assert "Touchpoints: attributed purchase value (EUR)" in table.stdout and "ad_click" in table.stdout
