@@ -135,21 +135,32 @@ class WorkerProcess:
 
     def dead_letters(self, expected: int, timeout: float = 30) -> list[Any]:
         """Read the DLQ topic from the start until ``expected`` messages have arrived."""
-        consumer = KafkaConsumer(
-            self.settings.dlq_topic,
-            bootstrap_servers=self.settings.bootstrap_servers,
-            auto_offset_reset="earliest",
-            enable_auto_commit=False,
-            consumer_timeout_ms=1000,
-        )
-        got: list[Any] = []
-        deadline = time.monotonic() + timeout
-        try:
-            while len(got) < expected and time.monotonic() < deadline:
-                got.extend(consumer)
-        finally:
-            consumer.close()
-        return got
+        return read_topic(self.settings, self.settings.dlq_topic, at_least=expected, timeout=timeout, settle=0)
+
+
+def read_topic(settings: Settings, topic: str, *, at_least: int, timeout: float = 60, settle: float = 3.0) -> list[Any]:
+    """Every message on ``topic`` from the start: wait for ``at_least``, then ``settle`` seconds more
+    (so that a message that should not be there has time to show up)."""
+    consumer = KafkaConsumer(
+        topic,
+        bootstrap_servers=settings.bootstrap_servers,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        consumer_timeout_ms=500,
+    )
+    got: list[Any] = []
+    deadline = time.monotonic() + timeout
+    settled_at = None
+    try:
+        while time.monotonic() < deadline:
+            got.extend(consumer)
+            if len(got) >= at_least:
+                settled_at = settled_at or time.monotonic()
+                if time.monotonic() - settled_at >= settle:
+                    break
+    finally:
+        consumer.close()
+    return got
 
 
 def _cleanup(settings: Settings) -> None:

@@ -9,9 +9,8 @@ from collections.abc import Callable
 
 import orjson
 import pytest
-from kafka import KafkaConsumer
 
-from tests.integration.conftest import WorkerProcess
+from tests.integration.conftest import WorkerProcess, read_topic
 
 MIN = 60_000
 FULL_JOURNEY = [
@@ -77,26 +76,8 @@ def publish(w: WorkerProcess, events: list[tuple[int | None, dict[str, object]]]
 
 def read_alerts(w: WorkerProcess, at_least: int, timeout: float = 60, settle: float = 3.0) -> list[dict]:
     """Every alert message on the worker's alerts topic: wait for ``at_least``, then a little more."""
-    consumer = KafkaConsumer(
-        w.settings.alerts_topic,
-        bootstrap_servers=w.settings.bootstrap_servers,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-        consumer_timeout_ms=500,
-    )
-    got: list[dict] = []
-    deadline = time.monotonic() + timeout
-    settled_at = None
-    try:
-        while time.monotonic() < deadline:
-            got.extend(orjson.loads(m.value) for m in consumer if m.value is not None)
-            if len(got) >= at_least:
-                settled_at = settled_at or time.monotonic()
-                if time.monotonic() - settled_at >= settle:
-                    break
-    finally:
-        consumer.close()
-    return got
+    messages = read_topic(w.settings, w.settings.alerts_topic, at_least=at_least, timeout=timeout, settle=settle)
+    return [orjson.loads(m.value) for m in messages if m.value is not None]
 
 
 def summary(alerts: list[dict]) -> set[tuple[str, str, str, str]]:

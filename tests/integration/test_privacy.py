@@ -9,10 +9,9 @@ import urllib.request
 import orjson
 import pytest
 import redis
-from kafka import KafkaConsumer
 
 from streams.erasure import pseudonym
-from tests.integration.conftest import WorkerProcess, wait_for
+from tests.integration.conftest import WorkerProcess, read_topic, wait_for
 
 TOKEN = "s3cret-token"
 
@@ -54,11 +53,8 @@ def test_customer_endpoints_need_the_bearer_token(worker: WorkerProcess):
 
 
 def tombstones(w: WorkerProcess) -> list[bytes]:
-    consumer = KafkaConsumer(w.settings.alerts_topic, bootstrap_servers=w.settings.bootstrap_servers,
-                             auto_offset_reset="earliest", consumer_timeout_ms=2000)
-    keys = [m.key for m in consumer if m.value is None]
-    consumer.close()
-    return keys
+    messages = read_topic(w.settings, w.settings.alerts_topic, at_least=0, timeout=2, settle=1.0)
+    return [m.key for m in messages if m.value is None]
 
 
 def test_erasure_by_api_removes_every_trace_and_tells_downstream(worker: WorkerProcess):
