@@ -14,6 +14,7 @@ from models.durations import format_duration
 class AlertType(StrEnum):
     STALLED_CRITICAL_PATH = "stalled_critical_path"
     DROP_OFF = "drop_off"
+    UPSELL_OPPORTUNITY = "upsell_opportunity"
 
 
 class AlertStatus(StrEnum):
@@ -28,6 +29,10 @@ class AlertFacts:
     ``anchor_ms`` is when the customer did ``touchpoint`` (the last thing they did before
     going quiet); ``due_ms = anchor_ms + expected_ms``; ``at_ms`` is the watermark when the
     alert opened, or the event time of the event that resolved it.
+
+    An ``upsell_opportunity`` is about a scoring point instead: ``touchpoint`` is the scoring
+    touchpoint done at ``anchor_ms`` (= ``at_ms``), ``expected_ms`` the propensity horizon,
+    ``next_touchpoint`` the upsell, and ``score`` / ``model_version`` the prediction.
     """
 
     type: AlertType
@@ -40,6 +45,8 @@ class AlertFacts:
     at_ms: int
     next_touchpoint: str | None = None
     severity: str = "medium"
+    score: float | None = None
+    model_version: int | None = None
 
 
 def alert_id(facts: AlertFacts) -> str:
@@ -74,6 +81,11 @@ def reason(facts: AlertFacts) -> str:
     """
     elapsed = format_duration(max(0, facts.at_ms - facts.anchor_ms) / 1000)
     expected = format_duration(facts.expected_ms / 1000)
+    if facts.type is AlertType.UPSELL_OPPORTUNITY:
+        return (
+            f"{facts.customer_id} is likely to take {facts.next_touchpoint} within {expected} after "
+            f"{facts.touchpoint}: propensity {facts.score:.2f} (model version {facts.model_version})."
+        )
     if facts.status is AlertStatus.RESOLVED:
         return f"{facts.customer_id} moved on {elapsed} after {facts.touchpoint}; the alert is resolved."
     if facts.type is AlertType.STALLED_CRITICAL_PATH:
@@ -104,6 +116,10 @@ def render(facts: AlertFacts, *, emitted_at_ms: int, extra: dict[str, Any] | Non
         "emitted_at": iso(emitted_at_ms),
         "reason": reason(facts),
     }
+    if facts.type is AlertType.UPSELL_OPPORTUNITY:
+        body["event_time"] = iso(facts.at_ms)
+        body["score"] = facts.score
+        body["model_version"] = facts.model_version
     if extra:
         body.update(extra)
     return body

@@ -44,6 +44,27 @@ def format_path(path: Path) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class PropensitySpec:
+    """When to score the upsell propensity and what counts as an upsell.
+
+    ``score_after``: touchpoints after which the customer is scored (a *scoring point*).
+    ``upsell``: touchpoints that are the upsell; one within ``horizon_s`` of a scoring point
+    makes its label positive. ``alert_threshold``: a score at or above it raises an
+    ``upsell_opportunity`` alert (at most once per customer per horizon). Empty
+    ``score_after`` turns scoring off.
+    """
+
+    score_after: tuple[str, ...] = ()
+    upsell: tuple[str, ...] = ()
+    horizon_s: float = 14 * 86400
+    alert_threshold: float = 0.3
+
+    @property
+    def horizon_ms(self) -> int:
+        return round(self.horizon_s * 1000)
+
+
+@dataclass(frozen=True, slots=True)
 class JourneyMap:
     """Stages in order, each touchpoint's stage, the expected flow and the alert thresholds.
 
@@ -61,6 +82,7 @@ class JourneyMap:
     severity: Mapping[str, str] = field(default_factory=dict)
     flow: PertNetwork | None = None
     stall_z: float = DEFAULT_STALL_Z
+    propensity: PropensitySpec = field(default_factory=PropensitySpec)
     _rank: Mapping[str, int] = field(init=False, repr=False, compare=False)
     critical_path: tuple[str, ...] = field(init=False, compare=False)
     critical_index: Mapping[str, int] = field(init=False, repr=False, compare=False)
@@ -121,7 +143,7 @@ def parse_journey_map(doc: object) -> JourneyMap:
     problems: list[tuple[Path, str]] = []
     if not isinstance(doc, Mapping):
         raise MapError([((), "the map must be a mapping with 'stages' and 'touchpoints'")])
-    known = {"version", "stages", "touchpoints", "flow", "alerts"}
+    known = {"version", "stages", "touchpoints", "flow", "alerts", "propensity"}
     for key in doc:
         if key not in known:
             problems.append(((str(key),), f"unknown entry (expected one of: {', '.join(sorted(known))})"))
@@ -183,9 +205,10 @@ def parse_journey_map(doc: object) -> JourneyMap:
 
     flow = _parse_flow(doc.get("flow"), touchpoints, problems)
     stall_z = _parse_alerts(doc.get("alerts"), problems)
+    propensity = _parse_propensity(doc.get("propensity"), touchpoints, problems)
     if problems:
         raise MapError(problems)
-    return JourneyMap(tuple(stages), touchpoints, silence, value_roles, severity, flow, stall_z)
+    return JourneyMap(tuple(stages), touchpoints, silence, value_roles, severity, flow, stall_z, propensity)
 
 
 def _duration(value: object, path: Path, problems: list[tuple[Path, str]]) -> float | None:
@@ -198,9 +221,7 @@ def _duration(value: object, path: Path, problems: list[tuple[Path, str]]) -> fl
         return None
 
 
-def _parse_flow(
-    doc: object, touchpoints: Mapping[str, str], problems: list[tuple[Path, str]]
-) -> PertNetwork | None:
+def _parse_flow(doc: object, touchpoints: Mapping[str, str], problems: list[tuple[Path, str]]) -> PertNetwork | None:
     if doc is None:
         return None
     if not isinstance(doc, list) or not doc:
@@ -266,3 +287,40 @@ def _parse_alerts(doc: object, problems: list[tuple[Path, str]]) -> float:
         problems.append((("alerts", "stall_z"), f"must be a number >= 0, got {z!r}"))
         return DEFAULT_STALL_Z
     return float(z)
+
+
+def _parse_propensity(doc: object, touchpoints: Mapping[str, str], problems: list[tuple[Path, str]]) -> PropensitySpec:
+    if doc is None:
+        return PropensitySpec()
+    if not isinstance(doc, Mapping):
+        problems.append((("propensity",), "must be a mapping (score_after, upsell, horizon, alert_threshold)"))
+        return PropensitySpec()
+    allowed = ("score_after", "upsell", "horizon", "alert_threshold")
+    for key in doc:
+        if key not in allowed:
+            problems.append((("propensity", str(key)), f"unknown entry (expected one of: {', '.join(allowed)})"))
+    lists: dict[str, tuple[str, ...]] = {}
+    for key in ("score_after", "upsell"):
+        names = doc.get(key, [])
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            problems.append((("propensity", key), "must be a list of touchpoint names"))
+            names = []
+        for i, name in enumerate(names):
+            if name not in touchpoints:
+                problems.append((("propensity", key, i), f"unknown touchpoint {name!r}"))
+        lists[key] = tuple(n for n in names if n in touchpoints)
+    if lists["score_after"] and not lists["upsell"]:
+        problems.append((("propensity", "upsell"), "name at least one upsell touchpoint to learn from"))
+    overlap = set(lists["score_after"]) & set(lists["upsell"])
+    if overlap:
+        problems.append(
+            (("propensity",), f"a touchpoint cannot be both a scoring point and the upsell: {sorted(overlap)}")
+        )
+    horizon = _duration(doc.get("horizon", "14d"), ("propensity", "horizon"), problems)
+    if horizon is not None and horizon <= 0:
+        problems.append((("propensity", "horizon"), "must be longer than zero"))
+    threshold = doc.get("alert_threshold", 0.3)
+    if isinstance(threshold, bool) or not isinstance(threshold, int | float) or not 0 <= threshold <= 1:
+        problems.append((("propensity", "alert_threshold"), f"must be a probability from 0 to 1, got {threshold!r}"))
+        threshold = 0.3
+    return PropensitySpec(lists["score_after"], lists["upsell"], horizon or 14 * 86400, float(threshold))

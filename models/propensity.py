@@ -261,6 +261,35 @@ class ProgressiveValidator:
         return f"{i / self.bins:.{digits}f}-{(i + 1) / self.bins:.{digits}f}"
 
 
+def test_then_train(
+    model: base.Classifier,
+    validator: ProgressiveValidator,
+    x: Mapping[str, Any],
+    y: bool,
+    proba: float | None,
+    predicted: bool | None,
+) -> None:
+    """Settle one example: judge the prediction made at scoring time, *then* let the model learn.
+
+    ``proba`` and ``predicted`` are what the model said when the customer was scored (None when
+    it had no classes yet: such a prediction is not evaluated, as in river). The worker's learner
+    and :class:`DelayedLearner` both settle examples through this one function.
+    """
+    if proba is not None:
+        validator.update(y, proba, predicted)
+    model.learn_one(x, y)
+
+
+def predict(model: base.Classifier, x: Mapping[str, Any]) -> tuple[float | None, bool | None]:
+    """The model's probability of an upsell and its predicted class, as river's ``predict_proba_one``
+    and ``predict_one`` give them; ``(None, None)`` when it has no classes yet."""
+    proba = model.predict_proba_one(x)
+    if not proba:
+        return None, None
+    # river's predict_one: the most probable class, the first one listed on a tie
+    return proba.get(True, 0.0), bool(max(proba, key=proba.get))
+
+
 class DelayedLearner:
     """Holds the model, pending predictions and the validator: score now, label later, then test-then-train.
 
@@ -341,13 +370,7 @@ class DelayedLearner:
         held = self._pending.get(key)
         if held is not None:
             return 0.5 if held.proba is None else held.proba
-        proba = self.model.predict_proba_one(x)
-        if proba:
-            p: float | None = proba.get(True, 0.0)
-            # river's predict_one: the most probable class, the first one listed on a tie
-            predicted: bool | None = bool(max(proba, key=proba.get))
-        else:
-            p = predicted = None
+        p, predicted = predict(self.model, x)
         customer = key if customer is None else customer
         pending = Pending(key, customer, dict(x), p, predicted, now_ms, now_ms + horizon_ms, self._version)
         self._pending[key] = pending
@@ -397,9 +420,6 @@ class DelayedLearner:
         del keys[pending.key]
         if not keys:
             del self._by_customer[pending.customer]
-        # Test, then train: the prediction is judged before the model sees its label.
-        if pending.proba is not None:
-            self.validator.update(y, pending.proba, pending.predicted)
-        self.model.learn_one(pending.features, y)
+        test_then_train(self.model, self.validator, pending.features, y, pending.proba, pending.predicted)
         self._learned += 1
         self._version += 1

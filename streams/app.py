@@ -26,7 +26,9 @@ from streams.journey_file import MapFileError, load_journey_map
 from streams.journey_store import RedisJourneyStore
 from streams.metrics import WorkerMetrics
 from streams.pipeline import BatchResult, DeadLetter, Limits, PipelineStats, SourceRecord, advance_journeys
+from streams.propensity_store import PropensityStore
 from streams.settings import Settings
+from streams.upsell import Learner, Scorer
 from streams.web import register_views
 
 log = logging.getLogger("journey.worker")
@@ -154,8 +156,25 @@ class Worker:
         self.alerts: KafkaAlerts | None = None
         self.map_mtime = settings.map.stat().st_mtime if settings.map.exists() else None
         self.clv = ClvModels(self.redis, settings.redis_prefix)
-        self.metrics = WorkerMetrics(self)
         self.offsets: dict[int, int] = {}  # last offset read per touchpoints partition
+        self.propensity = PropensityStore(
+            self.redis, journey.propensity, prefix=settings.redis_prefix, model_key=settings.model_secret()
+        )
+        self.scorer = Scorer(self.propensity, journey, kind=settings.model_kind, channels=settings.channels)
+        self.learner = Learner(
+            self.propensity,
+            kind=settings.model_kind,
+            checkpoint_examples=settings.model_checkpoint_examples,
+            checkpoint_interval_s=settings.model_checkpoint_interval,
+            window=settings.model_window,
+        )
+        self.model_report: dict[str, Any] | None = None  # the newest snapshot's report, for the metrics
+        self.predictions_pending: int | None = None
+        self.metrics = WorkerMetrics(self)  # last: it reads the attributes above when registered
+
+    @property
+    def scoring_enabled(self) -> bool:
+        return bool(self.journey.propensity.score_after)
 
     def value_of(self, state: JourneyState, now_ms: int | None = None) -> dict[str, Any]:
         """The customer's `clv` figures with the newest model."""
@@ -186,6 +205,8 @@ class Worker:
             return False
         self.journey = journey
         self.store.use_map(journey)
+        self.scorer.use_map(journey)
+        self.propensity.spec = journey.propensity
         path = " -> ".join(journey.critical_path)
         log.info("journey map reloaded from %s (critical path: %s)", self.settings.map, path)
         return True
@@ -193,6 +214,7 @@ class Worker:
     async def erase(self, customer_id: str, *, requested_by: str) -> bool:
         """Forget a customer in Redis, then publish a tombstone (key = customer id, null value)
         to the alerts topic so downstream tools forget them too."""
+        await self.propensity.erase(customer_id)
         erased = await erase_customer(self.store, customer_id, requested_by=requested_by)
         if self.alerts:
             sent = await self.alerts.topic.send(key=customer_id.encode(), value=None, force=True)
@@ -228,7 +250,10 @@ class Worker:
         now_ms = int(time.time() * 1000)
         fired = 0
         for p in sorted(partitions):
-            fired += await self.store.check_deadlines(p, self.watermarks.current(p, now_ms))
+            watermark = self.watermarks.current(p, now_ms)
+            fired += await self.store.check_deadlines(p, watermark)
+            if self.scoring_enabled:
+                await self.propensity.record(p, [], [], watermark)  # horizons the watermark passed
             if self.alerts:
                 self.alerts.request({p})
         await self.save_watermarks(partitions)
@@ -251,8 +276,6 @@ class Worker:
                     now_ms=int(time.time() * 1000),
                 )
                 await self.save_watermarks(partitions)
-                if self.alerts:
-                    self.alerts.request(partitions)  # published by the alerts task, off this path
             except _RETRYABLE as exc:
                 self.stats.redis_errors += 1
                 log.warning("Redis unavailable (%s); retrying the batch in %.1fs", exc, backoff)
@@ -263,12 +286,46 @@ class Worker:
                 self.stats.redis_errors += 1
                 await asyncio.sleep(_MAX_BACKOFF_S)
             else:
+                if self.scoring_enabled:
+                    await self.score(result, partitions)
+                if self.alerts:
+                    self.alerts.request(partitions)  # published by the alerts task, off this path
                 self.stats.record(len(records), result)
                 self.metrics.observe_batch(records, result.applied_event_times_ms, int(time.time() * 1000))
                 for r in records:
                     if r.offset >= self.offsets.get(r.partition, -1):
                         self.offsets[r.partition] = r.offset
                 return result
+
+    async def score(self, result: BatchResult, partitions: set[int]) -> None:
+        """Predict at the batch's scoring points and store the predictions, settling known labels.
+
+        Runs after the batch's state is applied, retried on its own: retrying the whole batch
+        would find its events already applied and the scoring points gone.
+        """
+        predictions = self.scorer.predict(result.scoring_points)
+        by_partition: dict[int, list[Any]] = {p: [] for p in partitions}
+        for point, prediction in zip(result.scoring_points, predictions, strict=True):
+            by_partition[point.partition].append(prediction)
+        now_ms = int(time.time() * 1000)
+        backoff = 0.1
+        for p, batch in sorted(by_partition.items()):
+            while True:
+                try:
+                    await self.propensity.record(p, batch, result.upsold.get(p, []), self.watermarks.current(p, now_ms))
+                    break
+                except (*_RETRYABLE, RedisError) as exc:
+                    self.stats.redis_errors += 1
+                    log.warning("storing predictions failed (%s); retrying in %.1fs", exc, backoff)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, _MAX_BACKOFF_S)
+
+    async def refresh_model(self) -> None:
+        """Pick up a newer model snapshot for scoring, and the figures the metrics show."""
+        await self.scorer.refresh()
+        self.model_report = await self.propensity.report()
+        owned = set(self.watermarks.partitions)
+        self.predictions_pending = await self.propensity.pending(sorted(owned)) if owned else 0
 
 
 def create_app(settings: Settings, journey: JourneyMap | None = None) -> faust.App:
@@ -353,6 +410,27 @@ def create_app(settings: Settings, journey: JourneyMap | None = None) -> faust.A
     async def publish_alerts() -> None:
         assert worker.alerts is not None
         await worker.alerts.run()
+
+    @app.timer(interval=1.0, on_leader=True)
+    async def learn_propensity() -> None:
+        # The leader is the one learner; examples come from every worker through the Redis stream.
+        if not worker.scoring_enabled:
+            return
+        try:
+            while await worker.learner.step() >= worker.learner.read_count:
+                await asyncio.sleep(0)  # catching up on a backlog: let the agents run in between
+        except _RETRYABLE as exc:
+            worker.stats.redis_errors += 1
+            log.warning("propensity learning paused, Redis unavailable: %s", exc)
+
+    @app.timer(interval=settings.model_reload_interval, on_leader=False)
+    async def refresh_model() -> None:
+        if not worker.scoring_enabled:
+            return
+        try:
+            await worker.refresh_model()
+        except _RETRYABLE as exc:
+            log.warning("could not refresh the propensity model: %s", exc)
 
     @app.timer(interval=5.0, on_leader=False)
     async def reload_map() -> None:

@@ -18,10 +18,15 @@
 -- ARGV[9] flow activities "x>y,y>z"   ARGV[10] how long gap statistics are kept (s)
 -- ARGV[11] touchpoints "tp=stage=role,..." (role: order, refund or empty)
 -- ARGV[12] attribution lookback (ms)   ARGV[13] time-decay half-life (ms)   ARGV[14] days of revenue kept
--- ARGV[15..] per customer: customer id, number of events n, then eight per event: event id,
+-- ARGV[15] scoring touchpoints "a,b"   ARGV[16] upsell touchpoints "u"
+-- ARGV[17] touchpoints whose counts a scoring snapshot carries "a,b,c"
+-- ARGV[18..] per customer: customer id, number of events n, then eight per event: event id,
 --            event time (ms), touchpoint, stage, stage rank, channel ('' = none),
 --            watermark when the event arrived (ms), value in cents (0 = none)
 -- Returns per customer one code per event: 1 applied, 0 duplicate, 2 too late (older than the dedupe window).
+-- An applied scoring event returns, instead of 1, its snapshot: {1, stage, since, first, last, events,
+-- channel, orders, gross, refunded, last order ms (-1 = none), counts of ARGV[17]...}, the state as it was
+-- right after that event, for the propensity features (streams/propensity_store.py).
 local funnel, deadlines, outbox, gaps, value = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local window = tonumber(ARGV[1])
 local path_length = tonumber(ARGV[2])
@@ -52,6 +57,11 @@ for tp, st, role in string.gmatch(ARGV[11], '([^,=]+)=([^,=]+)=([^,]*)') do
   tp_stage[tp] = st; if role ~= '' then tp_role[tp] = role end
 end
 local lookback, half_life, days_kept = tonumber(ARGV[12]), tonumber(ARGV[13]), tonumber(ARGV[14])
+local scoring, upsell, snapshot_tps = {}, {}, {}
+for tp in string.gmatch(ARGV[15], '[^,]+') do scoring[tp] = true end
+for tp in string.gmatch(ARGV[16], '[^,]+') do upsell[tp] = true end
+for tp in string.gmatch(ARGV[17], '[^,]+') do snapshot_tps[#snapshot_tps + 1] = 'n:' .. tp end
+local UPSELLS_KEPT = 10
 local stage_by_rank, nstages = {}, 0
 for s in string.gmatch(ARGV[6], '[^,]+') do stage_by_rank[nstages] = s; nstages = nstages + 1 end
 
@@ -258,7 +268,26 @@ local function run_customer(journey, seen, cid, base, n_events)
       end
       after_event(tp, ts)
       applied = applied + 1
-      codes[#codes + 1] = 1
+      if upsell[tp] then
+        -- the customer's upsell times (newest kept), from which prediction labels are decided
+        local ups = {}
+        for u in string.gmatch(redis.call('HGET', journey, 'ups') or '', '[^,]+') do ups[#ups + 1] = tonumber(u) end
+        ups[#ups + 1] = ts
+        table.sort(ups)
+        while #ups > UPSELLS_KEPT do table.remove(ups, 1) end
+        local parts = {}
+        for k = 1, #ups do parts[k] = fmt(ups[k]) end
+        redis.call('HSET', journey, 'ups', table.concat(parts, ','))
+      end
+      if scoring[tp] then
+        local snap = {1, stage, since, first, last, events, channel or '', orders, gross, refunded, lo_ms or -1}
+        if #snapshot_tps > 0 then
+          for _, c in ipairs(redis.call('HMGET', journey, unpack(snapshot_tps))) do snap[#snap + 1] = tonumber(c) or 0 end
+        end
+        codes[#codes + 1] = snap
+      else
+        codes[#codes + 1] = 1
+      end
     end
   end
 
@@ -300,7 +329,7 @@ local function run_customer(journey, seen, cid, base, n_events)
   return codes
 end
 
-local results, argi, ki = {}, 15, 6
+local results, argi, ki = {}, 18, 6
 while argi <= #ARGV do
   local n_events = tonumber(ARGV[argi + 1])
   results[#results + 1] = run_customer(KEYS[ki], KEYS[ki + 1], ARGV[argi], argi + 2, n_events)

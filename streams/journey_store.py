@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -37,11 +37,36 @@ class Arrival:
     watermark_ms: int
 
 
+@dataclass(frozen=True, slots=True)
+class ScoringPoint:
+    """An applied event that is a propensity scoring point, with the customer's state right after it.
+
+    ``state`` holds what the propensity features need (stage, timing, counts of the feature
+    touchpoints, channel, orders and revenue); its path, dedupe and value-by-day fields are empty.
+    """
+
+    partition: int
+    event: TouchpointEvent
+    state: JourneyState
+
+
+def feature_touchpoints(journey: JourneyMap) -> tuple[str, ...]:
+    """The touchpoints counted in the propensity features: all but the upsell itself (its count
+    would tell the model the label)."""
+    return tuple(tp for tp in journey.touchpoints if tp not in journey.propensity.upsell)
+
+
 class JourneyStore(Protocol):
     """Applies events to per-customer journey state exactly once per event id, and keeps deadlines."""
 
     async def apply(self, arrivals: Sequence[Arrival], watermarks: dict[int, int]) -> list[Outcome]:
         """Apply a batch; ``watermarks`` is each partition's watermark after it. One outcome per event."""
+        ...
+
+    async def apply_scored(
+        self, arrivals: Sequence[Arrival], watermarks: dict[int, int]
+    ) -> tuple[list[Outcome], list[ScoringPoint]]:
+        """:meth:`apply`, also returning the applied scoring points (in arrival order) with their state."""
         ...
 
     async def check_deadlines(self, partition: int, watermark_ms: int, limit: int = 1000) -> int:
@@ -76,6 +101,8 @@ def facts_from_json(raw: bytes | str) -> AlertFacts:
         at_ms=int(d["at_ms"]),
         next_touchpoint=d.get("next_touchpoint") or None,
         severity=d.get("severity") or "medium",
+        score=float(d["score"]) if d.get("score") is not None else None,
+        model_version=int(d["model_version"]) if d.get("model_version") is not None else None,
     )
 
 
@@ -127,7 +154,11 @@ class RedisJourneyStore:
             str(self.attribution_lookback_ms),
             str(self.attribution_half_life_ms),
             str(self.value_days_kept),
+            ",".join(journey.propensity.score_after),
+            ",".join(journey.propensity.upsell),
+            ",".join(feature_touchpoints(journey)),
         )
+        self._feature_tps = feature_touchpoints(journey)
 
     def journey_key(self, customer_id: str) -> str:
         return f"{self.prefix}:{{{customer_id}}}:journey"
@@ -186,8 +217,13 @@ class RedisJourneyStore:
         fixed = (self.dedupe_window_ms, self.path_length)
         async with self.redis.pipeline(transaction=False) as pipe:
             for partition, (watermark, customers) in calls.items():
-                keys = [self.funnel_key, self.deadlines_key(partition), self.outbox_key(partition), self.gaps_key,
-                        self.value_key]
+                keys = [
+                    self.funnel_key,
+                    self.deadlines_key(partition),
+                    self.outbox_key(partition),
+                    self.gaps_key,
+                    self.value_key,
+                ]
                 args: list[str | int] = [*fixed, watermark, *self._map_args]
                 for customer_id, n_events, event_args in customers:
                     keys += (self.journey_key(customer_id), self.seen_key(customer_id))
@@ -197,8 +233,31 @@ class RedisJourneyStore:
         return dict(zip(calls, replies, strict=True))
 
     async def apply(self, arrivals: Sequence[Arrival], watermarks: dict[int, int]) -> list[Outcome]:
+        return (await self.apply_scored(arrivals, watermarks))[0]
+
+    def _snapshot(self, arrival: Arrival, snap: list[Any]) -> ScoringPoint:
+        stage, since, first, last, events, channel, orders, gross, refunded, lo_ms = snap[1:11]
+        state = JourneyState(
+            customer_id=arrival.event.customer_id,
+            stage=stage.decode(),
+            stage_since_ms=since,
+            first_seen_ms=first,
+            last_seen_ms=last,
+            events=events,
+            touchpoints={tp: n for tp, n in zip(self._feature_tps, snap[11:], strict=True) if n},
+            channel=channel.decode() or None,
+            orders=orders,
+            gross_cents=gross,
+            refunded_cents=refunded,
+            last_order_ms=lo_ms if lo_ms >= 0 else None,
+        )
+        return ScoringPoint(arrival.partition, arrival.event, state)
+
+    async def apply_scored(
+        self, arrivals: Sequence[Arrival], watermarks: dict[int, int]
+    ) -> tuple[list[Outcome], list[ScoringPoint]]:
         if not arrivals:
-            return []
+            return [], []
         groups: dict[int, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
         for i, a in enumerate(arrivals):
             groups[a.partition][a.event.customer_id].append(i)
@@ -213,17 +272,31 @@ class RedisJourneyStore:
                     e = a.event
                     stage = stage_of(e.touchpoint)
                     cents = to_cents(e.value) if e.value is not None else 0
-                    args += (e.event_id, e.ts_ms, e.touchpoint, stage, rank(stage), e.channel or "", a.watermark_ms,
-                             cents)
+                    args += (
+                        e.event_id,
+                        e.ts_ms,
+                        e.touchpoint,
+                        stage,
+                        rank(stage),
+                        e.channel or "",
+                        a.watermark_ms,
+                        cents,
+                    )
                 batch.append((customer_id, len(indexes), args))
             calls[partition] = (watermarks[partition], batch)
         replies = await self._execute(calls)
         outcomes: list[Outcome] = [Outcome.DUPLICATE] * len(arrivals)
+        points: list[tuple[int, ScoringPoint]] = []
         for partition, customers in groups.items():
             for indexes, codes in zip(customers.values(), replies[partition], strict=True):
                 for i, code in zip(indexes, codes, strict=True):
-                    outcomes[i] = Outcome(code)
-        return outcomes
+                    if isinstance(code, list):  # an applied scoring point and its snapshot
+                        outcomes[i] = Outcome.APPLIED
+                        points.append((i, self._snapshot(arrivals[i], code)))
+                    else:
+                        outcomes[i] = Outcome(code)
+        points.sort(key=lambda ip: ip[0])
+        return outcomes, [p for _, p in points]
 
     async def check_deadlines(self, partition: int, watermark_ms: int, limit: int = 1000) -> int:
         due = await self.redis.zrangebyscore(self.deadlines_key(partition), "-inf", watermark_ms, start=0, num=limit)
@@ -262,9 +335,7 @@ class RedisJourneyStore:
         h = {k.decode(): v.decode() for k, v in raw.items()}
         counts = {k[2:]: int(v) for k, v in h.items() if k.startswith("n:")}
         lasts = {k[2:]: int(v) for k, v in h.items() if k.startswith("t:")}
-        path = tuple(
-            (int(ts), tp, ch) for ts, tp, ch in (p.split(":", 2) for p in h.get("path", "").split(",") if p)
-        )
+        path = tuple((int(ts), tp, ch) for ts, tp, ch in (p.split(":", 2) for p in h.get("path", "").split(",") if p))
         days = [int(d) for d in h.get("vdays", "").split(",") if d]
         return JourneyState(
             customer_id=h.get("cid", customer_id),
@@ -304,7 +375,11 @@ class RedisJourneyStore:
                 return None
             d = orjson.loads(text)
             return OpenAlert(
-                d["touchpoint"], int(d["anchor_ms"]), int(d["expected_ms"]), d["stage"], d["severity"],
+                d["touchpoint"],
+                int(d["anchor_ms"]),
+                int(d["expected_ms"]),
+                d["stage"],
+                d["severity"],
                 d.get("next_touchpoint") or None,
             )
 
@@ -389,6 +464,14 @@ class InMemoryJourneyStore:
         return dict(self.totals)
 
     async def apply(self, arrivals: Sequence[Arrival], watermarks: dict[int, int]) -> list[Outcome]:
+        return (await self.apply_scored(arrivals, watermarks))[0]
+
+    async def apply_scored(
+        self, arrivals: Sequence[Arrival], watermarks: dict[int, int]
+    ) -> tuple[list[Outcome], list[ScoringPoint]]:
+        scoring = set(self.journey.propensity.score_after)
+        feature_tps = feature_touchpoints(self.journey)
+        points: list[tuple[int, ScoringPoint]] = []
         groups: dict[tuple[int, str], list[int]] = defaultdict(list)
         for i, a in enumerate(arrivals):
             groups[(a.partition, a.event.customer_id)].append(i)
@@ -418,8 +501,23 @@ class InMemoryJourneyStore:
                 )
                 self.deadlines[cid] = dl
                 self.outboxes[partition] += facts
+                if event.touchpoint in scoring:
+                    snap = replace(
+                        state,
+                        touchpoints={tp: n for tp, n in state.touchpoints.items() if tp in feature_tps},
+                        touchpoint_last_ms={},
+                        path=(),
+                        channel_ms=None,
+                        first_order_ms=None,
+                        first_order_cents=None,
+                        value_days={},
+                        order_days={},
+                        seen={},
+                    )
+                    points.append((i, ScoringPoint(partition, event, snap)))
             self._fire(cid, partition, watermarks[partition])
-        return outcomes
+        points.sort(key=lambda ip: ip[0])
+        return outcomes, [p for _, p in points]
 
     async def check_deadlines(self, partition: int, watermark_ms: int, limit: int = 1000) -> int:
         due = [

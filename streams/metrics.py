@@ -65,6 +65,43 @@ class WorkerCollector(Collector):
         for p, n in sorted(self.lag.items()):
             lag.add_metric([str(p)], n)
         yield lag
+        w = self.worker
+        yield CounterMetricFamily(
+            "journey_predictions", "Propensity scoring points scored by this worker.", value=w.scorer.scored
+        )
+        yield CounterMetricFamily(
+            "journey_model_snapshots_refused",
+            "Model snapshots refused (integrity or version check).",
+            value=w.scorer.refused,
+        )
+        yield GaugeMetricFamily(
+            "journey_model_scoring_version",
+            "Version (examples learned) of the model this worker scores with.",
+            value=w.scorer.version,
+        )
+        if w.predictions_pending is not None:
+            yield GaugeMetricFamily(
+                "journey_model_predictions_pending",
+                "Predictions waiting for their label (this worker's partitions).",
+                value=w.predictions_pending,
+            )
+        report = w.model_report
+        if report:
+            yield CounterMetricFamily(
+                "journey_model_examples_learned",
+                "Labelled examples the propensity model has learned.",
+                value=report["examples_learned"],
+            )
+            for name, doc in (
+                ("roc_auc", "Propensity model ROC AUC, progressive validation (scored before learning)."),
+                ("log_loss", "Propensity model log loss, progressive validation."),
+                ("accuracy", "Propensity model accuracy, progressive validation."),
+            ):
+                family = GaugeMetricFamily(f"journey_model_{name}", doc, labels=["window"])
+                for window, value in (("since_start", report.get(name)), ("recent", report["recent"].get(name))):
+                    if value is not None:
+                        family.add_metric([window], value)
+                yield family
         if self.pending_deadlines is not None:
             yield GaugeMetricFamily(
                 "journey_pending_deadlines", "Deadlines waiting in the partitions this worker owns.",

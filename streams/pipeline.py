@@ -12,7 +12,7 @@ from models.journey import Outcome
 from models.journey_map import JourneyMap
 from models.value import check_money
 from models.watermark import NO_WATERMARK, Watermarks
-from streams.journey_store import Arrival, JourneyStore
+from streams.journey_store import Arrival, JourneyStore, ScoringPoint
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +70,8 @@ class BatchResult:
     duplicates: int = 0
     dead: list[DeadLetter] = field(default_factory=list)
     applied_event_times_ms: list[int] = field(default_factory=list)
+    scoring_points: list[ScoringPoint] = field(default_factory=list)  # applied scoring events, in order
+    upsold: dict[int, list[str]] = field(default_factory=dict)  # partition -> customers with an applied upsell
 
 
 @dataclass(slots=True)
@@ -125,6 +127,7 @@ async def advance_journeys(
     advance only after the store has applied the batch.
     """
     result = BatchResult()
+    upsell = journey.propensity.upsell
     arrivals: list[Arrival] = []
     sources: list[SourceRecord] = []
     lateness = watermarks.allowed_lateness_ms
@@ -158,7 +161,7 @@ async def advance_journeys(
             high[p] = decoded.ts_ms
             wm[p] = max(wm[p], decoded.ts_ms - lateness)
 
-    outcomes = await store.apply(arrivals, wm)
+    outcomes, result.scoring_points = await store.apply_scored(arrivals, wm)
     for p, h in high.items():
         watermarks.observe(p, h, now_ms)
     for arrival, record, outcome in zip(arrivals, sources, outcomes, strict=True):
@@ -166,6 +169,8 @@ async def advance_journeys(
         if outcome is Outcome.APPLIED:
             result.applied += 1
             result.applied_event_times_ms.append(event.ts_ms)
+            if event.touchpoint in upsell:
+                result.upsold.setdefault(arrival.partition, []).append(event.customer_id)
         elif outcome is Outcome.DUPLICATE:
             result.duplicates += 1
         else:
@@ -180,4 +185,3 @@ async def advance_journeys(
     if result.dead:
         await dead_letters.send(result.dead)
     return result
-

@@ -6,7 +6,10 @@ Defaults point at what ``journey stack up`` starts, so ``journey stack up`` foll
 
 from __future__ import annotations
 
+import os
+import secrets
 from pathlib import Path
+from typing import Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator
@@ -66,6 +69,17 @@ class Settings(BaseSettings):
     attribution_lookback: float = 30 * 86400.0
     attribution_half_life: float = 7 * 86400.0
 
+    # Upsell propensity (scoring points, upsell and horizon are in the journey map)
+    model_kind: Literal["logistic", "tree"] = "logistic"
+    # Key of the HMAC that authenticates model snapshots; every worker needs the same one.
+    # Unset: a random key is created in `home`/model.key (fine for workers sharing one machine).
+    model_key: SecretStr | None = None
+    model_channels: str = "search,social,email,display,direct,referral"  # one-hot encoded acquisition channels
+    model_checkpoint_examples: int = Field(default=1000, ge=1)  # checkpoint after this many examples...
+    model_checkpoint_interval: float = 10.0  # ...or this long after the first unsaved one
+    model_reload_interval: float = 5.0  # how often scorers look for a newer snapshot
+    model_window: int = Field(default=1000, ge=1)  # examples in the "recent" metrics
+
     # The local stack (`journey stack up`)
     kafka_version: str = "3.9.1"
     kafka_heap: str = "512m"
@@ -82,6 +96,8 @@ class Settings(BaseSettings):
         "clv_refit_interval",
         "attribution_lookback",
         "attribution_half_life",
+        "model_checkpoint_interval",
+        "model_reload_interval",
         mode="before",
     )
     @classmethod
@@ -90,7 +106,7 @@ class Settings(BaseSettings):
             return parse_duration(value)
         raise ValueError("expected a duration such as 90s, 15m, 2h or 3d")
 
-    @field_validator("api_token", mode="before")
+    @field_validator("api_token", "model_key", mode="before")
     @classmethod
     def _token(cls, value: object) -> object:
         return None if value in ("", None) else value  # an empty variable means: no token
@@ -123,6 +139,28 @@ class Settings(BaseSettings):
         """Conversion rates into ``currency``."""
         pairs = (p.split("=") for p in self.fx_rates.split(",") if p.strip())
         return {code.strip(): float(rate) for code, rate in pairs}
+
+    @property
+    def channels(self) -> tuple[str, ...]:
+        return tuple(c.strip() for c in self.model_channels.split(",") if c.strip())
+
+    def model_secret(self) -> bytes:
+        """The snapshot HMAC key: JOURNEY_MODEL_KEY, else one kept in ``home``/model.key (created once)."""
+        if self.model_key is not None:
+            return self.model_key.get_secret_value().encode()
+        path = self.home / "model.key"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                fd = os.open(path.with_suffix(f".{os.getpid()}"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(fd, "w") as f:
+                    f.write(secrets.token_hex(32))
+                os.link(path.with_suffix(f".{os.getpid()}"), path)  # atomic: the first worker's key wins
+            except FileExistsError:
+                pass
+            finally:
+                path.with_suffix(f".{os.getpid()}").unlink(missing_ok=True)
+        return path.read_text().strip().encode()
 
     @property
     def windows(self) -> list[int]:

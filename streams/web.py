@@ -74,14 +74,18 @@ def register_views(app: faust.App, worker: Worker) -> None:
         if token is None:
             if request.remote in LOOPBACK:
                 return None
-            return view.json({"error": "customer data is only served to this machine (set JOURNEY_API_TOKEN)"},
-                             status=401)
+            return view.json(
+                {"error": "customer data is only served to this machine (set JOURNEY_API_TOKEN)"}, status=401
+            )
         given = request.headers.get("Authorization", "")
         expected = f"Bearer {token.get_secret_value()}"
         if hmac.compare_digest(given.encode(), expected.encode()):
             return None
-        return view.json({"error": "missing or wrong bearer token"}, status=401,
-                         headers={"WWW-Authenticate": 'Bearer realm="journey-tracker"'})
+        return view.json(
+            {"error": "missing or wrong bearer token"},
+            status=401,
+            headers={"WWW-Authenticate": 'Bearer realm="journey-tracker"'},
+        )
 
     @app.page("/customers/{customer_id}")
     class CustomerView(View):
@@ -92,8 +96,22 @@ def register_views(app: faust.App, worker: Worker) -> None:
             if state is None:
                 return self.json({"error": f"unknown customer {customer_id!r}"}, status=404)
             await worker.clv.load(max_age_s=5.0)
+            propensity = await worker.propensity.customer(worker.store.journey_key(customer_id))
+            if propensity is not None:
+                propensity = {
+                    "score": propensity["score"],
+                    "scored_at": iso(propensity["scored_at_ms"]),
+                    "model_version": propensity["model_version"],
+                    "horizon_seconds": worker.journey.propensity.horizon_s,
+                    "pending_labels": len(await worker.propensity.pending_of(customer_id)),
+                }
             return self.json(
-                {**customer_body(state), "clv": worker.value_of(state), "open_alerts": await open_alerts(customer_id)}
+                {
+                    **customer_body(state),
+                    "clv": worker.value_of(state),
+                    "propensity": propensity,
+                    "open_alerts": await open_alerts(customer_id),
+                }
             )
 
         async def delete(self, request: Request, customer_id: str) -> Response:
@@ -113,15 +131,34 @@ def register_views(app: faust.App, worker: Worker) -> None:
     async def open_alerts(customer_id: str) -> list[dict[str, Any]]:
         deadlines = await worker.store.get_deadlines(customer_id, partition=0)
         out = []
-        for kind, alert in ((AlertType.STALLED_CRITICAL_PATH, deadlines.stall_open),
-                            (AlertType.DROP_OFF, deadlines.drop_open)):
+        for kind, alert in (
+            (AlertType.STALLED_CRITICAL_PATH, deadlines.stall_open),
+            (AlertType.DROP_OFF, deadlines.drop_open),
+        ):
             if alert is not None:
-                facts = AlertFacts(kind, AlertStatus.OPEN, customer_id, alert.stage, alert.touchpoint,
-                                   alert.anchor_ms, alert.expected_ms, alert.anchor_ms + alert.expected_ms,
-                                   alert.next_touchpoint, alert.severity)
-                out.append({"alert_id": alert_id(facts), "type": kind.value, "stage": alert.stage,
-                            "touchpoint": alert.touchpoint, "next_touchpoint": alert.next_touchpoint,
-                            "since": iso(alert.anchor_ms + alert.expected_ms), "severity": alert.severity})
+                facts = AlertFacts(
+                    kind,
+                    AlertStatus.OPEN,
+                    customer_id,
+                    alert.stage,
+                    alert.touchpoint,
+                    alert.anchor_ms,
+                    alert.expected_ms,
+                    alert.anchor_ms + alert.expected_ms,
+                    alert.next_touchpoint,
+                    alert.severity,
+                )
+                out.append(
+                    {
+                        "alert_id": alert_id(facts),
+                        "type": kind.value,
+                        "stage": alert.stage,
+                        "touchpoint": alert.touchpoint,
+                        "next_touchpoint": alert.next_touchpoint,
+                        "since": iso(alert.anchor_ms + alert.expected_ms),
+                        "severity": alert.severity,
+                    }
+                )
         return out
 
     @app.page("/journey/funnel")
@@ -193,8 +230,46 @@ def register_views(app: faust.App, worker: Worker) -> None:
     @app.page("/model")
     class ModelView(View):
         async def get(self, request: Request) -> Response:  # noqa: ARG002
-            # The upsell-propensity model arrives with its own feature; until then, say so in JSON.
-            return self.json({"error": "no propensity model yet"}, status=404)
+            if not worker.scoring_enabled:
+                return self.json(
+                    {"error": "propensity scoring is off: the journey map has no propensity section"}, status=404
+                )
+            report = await worker.propensity.report()
+            if report is None:  # nothing learned yet
+                report = {
+                    "version": 0,
+                    "model": worker.settings.model_kind,
+                    "examples_learned": 0,
+                    "examples_evaluated": 0,
+                    "roc_auc": None,
+                    "log_loss": None,
+                    "accuracy": None,
+                    "recent": {
+                        "window": worker.settings.model_window,
+                        "examples": 0,
+                        "roc_auc": None,
+                        "log_loss": None,
+                        "accuracy": None,
+                    },
+                    "calibration": [],
+                    "checkpointed_at": None,
+                    "history": [],
+                }
+            keys = [k async for k in worker.redis.scan_iter(match=f"{worker.propensity.prefix}:predictions:*")]
+            pending = sum([await worker.redis.zcard(k) for k in keys])
+            spec = worker.journey.propensity
+            return self.json(
+                {
+                    **report,
+                    "predictions_pending": pending,
+                    "scoring_model_version": worker.scorer.version,
+                    "snapshots_refused": worker.scorer.refused,
+                    "score_after": list(spec.score_after),
+                    "upsell": list(spec.upsell),
+                    "horizon_seconds": spec.horizon_s,
+                    "alert_threshold": spec.alert_threshold,
+                }
+            )
 
     @app.page("/alerts/recent")
     class RecentAlertsView(View):
@@ -212,9 +287,7 @@ def register_views(app: faust.App, worker: Worker) -> None:
                 if high is not None:
                     collector.lag[tp.partition] = max(0, high - worker.offsets.get(tp.partition, -1) - 1)
             try:
-                collector.pending_deadlines = sum(
-                    [await worker.store.pending_deadlines(tp.partition) for tp in owned]
-                )
+                collector.pending_deadlines = sum([await worker.store.pending_deadlines(tp.partition) for tp in owned])
             except (RedisError, OSError):
                 collector.pending_deadlines = None
             return self.bytes(worker.metrics.exposition(), content_type="text/plain; version=0.0.4")
@@ -223,8 +296,9 @@ def register_views(app: faust.App, worker: Worker) -> None:
     class ReadyView(View):
         async def get(self, request: Request) -> Response:  # noqa: ARG002
             kafka_ok, redis_ok = await reachable()
-            assigned = sorted(tp.partition for tp in app.consumer.assignment()
-                              if tp.topic == worker.settings.touchpoints_topic)
+            assigned = sorted(
+                tp.partition for tp in app.consumer.assignment() if tp.topic == worker.settings.touchpoints_topic
+            )
             ready = redis_ok and kafka_ok and bool(assigned)
             body = {"ready": ready, "kafka": kafka_ok, "redis": redis_ok, "assigned_partitions": assigned}
             return self.json(body, status=200 if ready else 503)
