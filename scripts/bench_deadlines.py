@@ -6,7 +6,8 @@ then times `RedisJourneyStore.check_deadlines` — the timer's work per partitio
 
     .venv/bin/python scripts/bench_deadlines.py --customers 1000000
 
-Requires `journey stack up`. The keys are deleted afterwards.
+Requires `journey stack up`. The keys are deleted afterwards. `journey bench` imports
+`measure` from here.
 """
 
 from __future__ import annotations
@@ -17,12 +18,15 @@ import statistics
 import sys
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 from redis.asyncio import Redis
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 
 from models.events import TouchpointEvent  # noqa: E402
 from streams.journey_file import load_journey_map  # noqa: E402
@@ -33,12 +37,21 @@ T0 = 1_790_000_000_000
 DAY = 86_400_000
 
 
-async def main(customers: int, partitions: int, due: int) -> None:
-    settings = Settings()
-    redis = Redis.from_url(settings.redis_url)
+async def measure(
+    customers: int,
+    partitions: int,
+    due: int,
+    *,
+    redis_url: str | None = None,
+    repeat: int = 500,
+    echo: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Load the deadlines, time the checks, delete the keys; return the figures (milliseconds)."""
+    redis = Redis.from_url(redis_url or Settings().redis_url)
     prefix = f"jt:bench:{uuid.uuid4().hex[:6]}"
-    store = RedisJourneyStore(redis, load_journey_map(DEFAULT_MAP), prefix=prefix, dedupe_window_ms=30 * DAY,
-                              path_length=20)
+    store = RedisJourneyStore(
+        redis, load_journey_map(DEFAULT_MAP), prefix=prefix, dedupe_window_ms=30 * DAY, path_length=20
+    )
     try:
         before = (await redis.info("memory"))["used_memory"]
         t = time.perf_counter()
@@ -51,36 +64,62 @@ async def main(customers: int, partitions: int, due: int) -> None:
                     cid = f"c{p}-{i}"
                     members[f"s|{cid}"] = T0 + 30 * DAY + i  # all due in the future
                     members[f"d|{cid}"] = T0 + 60 * DAY + i
-                await redis.zadd(key, members)
+                await redis.zadd(key, members)  # type: ignore[arg-type]
         loaded = time.perf_counter() - t
         per_customer = ((await redis.info("memory"))["used_memory"] - before) / (per * partitions)
-        print(f"loaded {2 * per * partitions:,} deadlines for {per * partitions:,} customers in "
-              f"{loaded:.1f}s; zset memory {per_customer:.0f} B/customer")
+        echo(
+            f"loaded {2 * per * partitions:,} deadlines for {per * partitions:,} customers in "
+            f"{loaded:.1f}s; zset memory {per_customer:.0f} B/customer"
+        )
 
-        async def timed(fn, repeat: int) -> list[float]:
+        async def timed(fn: Callable[[], Awaitable[Any]], times: int) -> list[float]:
             out = []
-            for _ in range(repeat):
+            for _ in range(times):
                 t = time.perf_counter()
                 await fn()
                 out.append((time.perf_counter() - t) * 1000)
             return out
 
-        nothing = await timed(lambda: store.check_deadlines(0, T0), 500)
-        all_parts = await timed(lambda: asyncio.gather(*(store.check_deadlines(p, T0) for p in range(partitions))), 200)
-        print(f"check, nothing due, one partition ({per:,} customers): median {statistics.median(nothing):.3f} ms, "
-              f"p99 {statistics.quantiles(nothing, n=100)[98]:.3f} ms")
-        print(f"check, nothing due, all {partitions} partitions ({per * partitions:,} customers): "
-              f"median {statistics.median(all_parts):.3f} ms")
+        nothing = await timed(lambda: store.check_deadlines(0, T0), repeat)
+        all_parts = await timed(
+            lambda: asyncio.gather(*(store.check_deadlines(p, T0) for p in range(partitions))), max(1, repeat * 2 // 5)
+        )
+        echo(
+            f"check, nothing due, one partition ({per:,} customers): median {statistics.median(nothing):.3f} ms, "
+            f"p99 {statistics.quantiles(nothing, n=100)[98]:.3f} ms"
+        )
+        echo(
+            f"check, nothing due, all {partitions} partitions ({per * partitions:,} customers): "
+            f"median {statistics.median(all_parts):.3f} ms"
+        )
 
         # `due` real customers whose stall deadline has passed: the check fires their alerts.
-        events = [Arrival(TouchpointEvent(f"e{i}", f"due-{i}", "add_to_cart", T0 - DAY), 0, T0 - DAY)
-                  for i in range(due)]
+        events = [
+            Arrival(TouchpointEvent(f"e{i}", f"due-{i}", "add_to_cart", T0 - DAY), 0, T0 - DAY) for i in range(due)
+        ]
         await store.apply(events, {0: T0 - DAY})
         t = time.perf_counter()
         fired = await store.check_deadlines(0, T0, limit=due)
         took = (time.perf_counter() - t) * 1000
-        print(f"check with {fired} due (fires {len(await store.outbox(0, limit=10 * due))} alerts into the outbox): "
-              f"{took:.1f} ms ({1000 * took / max(fired, 1):.0f} µs per due customer)")
+        alerts = len(await store.outbox(0, limit=10 * due))
+        echo(
+            f"check with {fired} due (fires {alerts} alerts into the outbox): "
+            f"{took:.1f} ms ({1000 * took / max(fired, 1):.0f} µs per due customer)"
+        )
+        return {
+            "customers": per * partitions,
+            "partitions": partitions,
+            "deadlines": 2 * per * partitions,
+            "load_seconds": loaded,
+            "zset_bytes_per_customer": per_customer,
+            "none_due_one_partition_ms_median": statistics.median(nothing),
+            "none_due_one_partition_ms_p99": statistics.quantiles(nothing, n=100)[98],
+            "none_due_all_partitions_ms_median": statistics.median(all_parts),
+            "due": fired,
+            "due_check_ms": took,
+            "due_alerts": alerts,
+            "due_us_per_customer": 1000 * took / max(fired, 1),
+        }
     finally:
         async for key in redis.scan_iter(match=f"{prefix}:*", count=10_000):
             await redis.unlink(key)
@@ -93,4 +132,4 @@ if __name__ == "__main__":
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--due", type=int, default=1000)
     a = parser.parse_args()
-    asyncio.run(main(a.customers, a.partitions, a.due))
+    asyncio.run(measure(a.customers, a.partitions, a.due))

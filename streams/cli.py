@@ -367,6 +367,24 @@ def cmd_alerts(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from streams.bench import BenchError, BenchOptions, run_bench
+
+    only = tuple(n.strip() for n in args.only.split(",") if n.strip()) if args.only else None
+    try:
+        options = BenchOptions.preset(
+            args.quick, events=args.events, customers=args.customers, pairs=args.pairs, seed=args.seed,
+            rate=args.rate, only=only, json_path=args.json,
+        )  # fmt: skip
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    try:
+        run_bench(options)
+    except BenchError as exc:
+        raise Unavailable(str(exc)) from None
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="journey", description="Customer journey tracker: Kafka touchpoints -> journey state in Redis."
@@ -425,6 +443,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=None, help="stop after this many seconds without an alert")
     p.add_argument("--json", action="store_true", help="one JSON alert per line")
     p.set_defaults(func=cmd_alerts)
+
+    p = sub.add_parser("bench", help="benchmark the whole pipeline on the local stack against a naive baseline")
+    p.add_argument("--quick", action="store_true", help="a short smoke run (under a minute)")
+    p.add_argument("--json", type=Path, default=Path("bench-results/bench.json"), help="where to write the figures")
+    p.add_argument("--events", type=_positive_int, default=None, help="records per drain run (30000; quick 3000)")
+    p.add_argument("--customers", type=_positive_int, default=None, help="customers for the memory figure (100000)")
+    p.add_argument("--pairs", type=_positive_int, default=None, help="ours/naive drain pairs (2; quick 1)")
+    p.add_argument("--rate", type=float, default=None, help="offered load of the latency run, events/s (5000)")
+    p.add_argument("--seed", type=int, default=None, help="simulator seed (7)")
+    p.add_argument("--only", default=None, help="comma-separated subset of: drain,scale,latency,memory,deadlines")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("customer", help="print one customer's journey state")
     p.add_argument("customer_id")

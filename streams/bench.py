@@ -1,0 +1,893 @@
+"""``journey bench``: the whole pipeline measured on the real stack, against a naive baseline in the same run.
+
+Every scenario uses fresh topics, a fresh consumer group and a fresh Redis key prefix, and
+removes them afterwards, so a bench never sees (or disturbs) anyone else's data:
+
+- ``drain``: the simulator's seeded event mix is pre-loaded into identical topic copies; then,
+  pair by pair, a real ``journey worker`` and the naive baseline (``scripts/naive_worker.py``)
+  each drain one copy from offset 0. Events/s is counted from the worker's own ``/worker/stats``
+  between its first processed batch and the last (start-up excluded), CPU from
+  ``/proc/<pid>/stat`` of the worker, Redis and Kafka over the same window.
+- ``scale``: the same backlog drained by one worker, then by two (one consumer group, a
+  2-partition topic).
+- ``latency``: a worker caught up on an empty topic, then a paced producer at a fixed offered
+  load; broker append time to state applied, read from the worker's latency histogram.
+- ``memory``: the worker's batch handler (no Kafka) applies ``--customers`` simulated customers;
+  ``MEMORY USAGE`` per key kind and the ``INFO memory`` delta, per customer.
+- ``deadlines``: ``scripts/bench_deadlines.py``'s measurement (1 M customers, none and 1,000 due).
+
+Numbers, never assertions: the figures go to a table on stdout and to a JSON file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.util
+import math
+import os
+import platform
+import random
+import re
+import resource
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import uuid
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from streams import stack
+from streams.settings import Settings
+from streams.simulate import SimRecord, publish, simulate
+from streams.topics import ensure_topics
+
+ROOT = Path(__file__).resolve().parents[1]
+SCENARIOS = ("drain", "scale", "latency", "memory", "deadlines")
+POLL_S = 0.1
+DAY_MS = 86_400_000
+
+# What issue 7 asks of the pipeline on this 2-core machine (printed next to the figures).
+TARGETS = {
+    "events_per_s": "≥ 25,000",
+    "ratio_naive": "≥ 5×",
+    "latency_p99": "p99 ≤ 100 ms",
+    "bytes_per_customer": "≤ 1,024",
+    "deadline_none_due": "≤ 1 ms",
+    "scale": "≥ 1.7×",
+}
+
+
+class BenchError(RuntimeError):
+    """The bench could not run or a scenario failed; the message says why and where the logs are."""
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    """What to run and how big. ``full()`` and ``quick()`` give the two presets."""
+
+    quick: bool = False
+    events: int = 30_000  # records per drain run (every ours/naive/scale run gets an identical copy)
+    customers: int = 100_000  # customers tracked for the memory figure
+    deadline_customers: int = 1_000_000
+    pairs: int = 2  # ours/naive pairs in the drain scenario
+    rate: float = 5_000.0  # offered load of the latency scenario, events/s
+    latency_seconds: float = 10.0
+    seed: int = 7
+    only: tuple[str, ...] = SCENARIOS
+    json_path: Path = Path("bench-results/bench.json")
+
+    @classmethod
+    def preset(cls, quick: bool, **overrides: Any) -> BenchOptions:
+        base = (
+            cls(quick=True, events=3_000, customers=2_000, deadline_customers=20_000, pairs=1, latency_seconds=2.0)
+            if quick
+            else cls()
+        )
+        given = {k: v for k, v in overrides.items() if v is not None}
+        unknown = [name for name in given.get("only", ()) if name not in SCENARIOS]
+        if unknown:
+            raise ValueError(f"unknown scenario {', '.join(unknown)}; choose from {', '.join(SCENARIOS)}")
+        return BenchOptions(**{**asdict(base), **given})
+
+
+# ---------------------------------------------------------------------------------------------
+# Measuring helpers
+
+
+def cpu_seconds(pid: int | None) -> float | None:
+    """User + system CPU seconds a process has used so far (``/proc/<pid>/stat``), None if unknown."""
+    if pid is None:
+        return None
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = raw[raw.rindex(")") + 2 :].split()  # after "pid (comm) ": state is fields[0] (field 3)
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def histogram_quantile(buckets: Sequence[tuple[float, float]], q: float) -> dict[str, float | None]:
+    """The ``q`` quantile of a cumulative histogram ``[(upper bound, count), ..., (inf, total)]``,
+    interpolated linearly inside its bucket (as Prometheus' ``histogram_quantile``); also the
+    bucket's bounds, so a reader knows how exact it is.
+
+    Examples
+    --------
+    >>> histogram_quantile([(0.01, 50), (0.02, 90), (0.05, 100), (math.inf, 100)], 0.99)
+    {'value': 0.047, 'bucket_low': 0.02, 'bucket_high': 0.05}
+    >>> histogram_quantile([(0.01, 0), (math.inf, 0)], 0.5)
+    {'value': None, 'bucket_low': None, 'bucket_high': None}
+    """
+    total = buckets[-1][1] if buckets else 0
+    if total <= 0:
+        return {"value": None, "bucket_low": None, "bucket_high": None}
+    rank = q * total
+    low, below = 0.0, 0.0
+    for high, cum in buckets:
+        if cum >= rank and cum > below:
+            if math.isinf(high):  # beyond the last finite bound: all we know is "more than low"
+                return {"value": low, "bucket_low": low, "bucket_high": None}
+            value = low + (high - low) * (rank - below) / (cum - below)
+            return {"value": round(value, 9), "bucket_low": low, "bucket_high": high}
+        low, below = high, cum
+    return {"value": low, "bucket_low": low, "bucket_high": None}
+
+
+def latency_buckets(metrics_text: str, clock: str = "append_time") -> dict[float, float]:
+    """Cumulative bucket counts of ``journey_processing_latency_seconds{clock=...}`` from a /metrics page."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out: dict[float, float] = {}
+    for family in text_string_to_metric_families(metrics_text):
+        if family.name != "journey_processing_latency_seconds":
+            continue
+        for sample in family.samples:
+            if sample.name.endswith("_bucket") and sample.labels.get("clock") == clock:
+                out[float(sample.labels["le"])] = sample.value
+    return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _http(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:  # noqa: S310 - our own worker on loopback
+            return r.status, r.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()
+    except (urllib.error.URLError, OSError):
+        return 0, b""
+
+
+# ---------------------------------------------------------------------------------------------
+# Processes
+
+
+@dataclass
+class Proc:
+    """One worker process (ours or the naive one) with its own port and log."""
+
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    log_path: Path
+    port: int
+    popen: subprocess.Popen[bytes] | None = None
+    started_at: float = 0.0
+
+    def start(self) -> None:
+        with open(self.log_path, "ab") as log:  # the child keeps its own copy of the descriptor
+            self.popen = subprocess.Popen(
+                self.argv, env=self.env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=ROOT
+            )
+        self.started_at = time.monotonic()
+
+    @property
+    def pid(self) -> int | None:
+        return self.popen.pid if self.popen else None
+
+    def check_alive(self) -> None:
+        if self.popen is not None and self.popen.poll() is not None:
+            raise BenchError(f"{self.name} exited with code {self.popen.returncode}:\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 15) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            return "(no log)"
+        return "\n".join(text[-lines:]) + f"\n(log: {self.log_path})"
+
+    def get(self, path: str) -> tuple[int, bytes]:
+        return _http(f"http://127.0.0.1:{self.port}{path}")
+
+    def stats(self) -> dict[str, Any] | None:
+        status, body = self.get("/worker/stats")
+        return orjson.loads(body) if status == 200 else None
+
+    def stop(self, timeout: float = 20.0) -> None:
+        if self.popen is None or self.popen.poll() is not None:
+            return
+        self.popen.terminate()
+        try:
+            self.popen.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            self.popen.wait()
+
+
+# ---------------------------------------------------------------------------------------------
+# The bench
+
+
+@dataclass
+class RunSpace:
+    """Topics, consumer group and key prefix of one run (deleted at the end of the bench)."""
+
+    tag: str
+    env: dict[str, str]
+    settings: Settings
+    produced: int = 0
+
+
+@dataclass
+class Bench:
+    options: BenchOptions
+    echo: Callable[[str], None] = field(default=lambda line: print(line, file=sys.stderr, flush=True))
+
+    def __post_init__(self) -> None:
+        self.base = Settings()
+        self.run_id = uuid.uuid4().hex[:6]
+        self.tmp = Path(tempfile.mkdtemp(prefix=f"journey-bench-{self.run_id}-"))
+        self.spaces: list[RunSpace] = []
+        self.procs: list[Proc] = []
+        self.failed = False
+        self.pids: dict[str, int | None] = {}
+        self._records: dict[str, list[SimRecord]] = {}
+        self.now_ms = int(time.time() * 1000)
+
+    # -- set-up ----------------------------------------------------------------------------
+
+    def check_stack(self) -> dict[str, Any]:
+        statuses = {s.name: s for s in stack.status(self.base)}
+        missing = [name for name, s in statuses.items() if not s.running]
+        if missing:
+            raise BenchError(
+                f"{' and '.join(missing)} not running ({'; '.join(statuses[n].detail for n in missing)}). "
+                "Start the local stack with `journey stack up`."
+            )
+        self.pids = {name: s.pid for name, s in statuses.items()}
+        found = re.search(r"Kafka ([\w.-]+)", statuses["kafka"].detail)
+        return {"kafka": found[1] if found else self.base.kafka_version, "pids": self.pids}
+
+    def space(self, tag: str, partitions: int = 2) -> RunSpace:
+        """Fresh topics, group, prefix and port for one run; the topics are created now."""
+        suffix = f"{self.run_id}-{tag}"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("JOURNEY_")}
+        env.update(
+            {
+                "JOURNEY_KAFKA_BOOTSTRAP": self.base.kafka_bootstrap,
+                "JOURNEY_REDIS_URL": self.base.redis_url,
+                "JOURNEY_HOME": str(self.tmp / tag),
+                "JOURNEY_APP_ID": f"journey-bench-{suffix}",
+                "JOURNEY_TOUCHPOINTS_TOPIC": f"bench-touchpoints-{suffix}",
+                "JOURNEY_DLQ_TOPIC": f"bench-dlq-{suffix}",
+                "JOURNEY_ALERTS_TOPIC": f"bench-alerts-{suffix}",
+                "JOURNEY_ERASURE_TOPIC": f"bench-erasures-{suffix}",
+                "JOURNEY_REDIS_PREFIX": f"jt:bench:{suffix}",
+                "JOURNEY_TOPIC_PARTITIONS": str(partitions),
+                "PYTHONPATH": str(ROOT),
+            }
+        )
+        settings = Settings(
+            **{k.removeprefix("JOURNEY_").lower(): v for k, v in env.items() if k.startswith("JOURNEY_")}
+        )
+        (self.tmp / tag).mkdir(parents=True, exist_ok=True)
+        ensure_topics(settings)
+        space = RunSpace(tag, env, settings)
+        self.spaces.append(space)
+        return space
+
+    def records(self, name: str, events: int, seed: int) -> list[SimRecord]:
+        """The simulator's seeded mix, about ``events`` records (journeys over the last 14 days)."""
+        if name not in self._records:
+            _, pilot = simulate(500, seed=seed, now_ms=self.now_ms)
+            per_customer = sum(1 for _ in pilot) / 500
+            customers = max(1, round(events / per_customer))
+            _, stream = simulate(customers, seed=seed, now_ms=self.now_ms)
+            self._records[name] = list(stream)
+        return self._records[name]
+
+    def preload(self, space: RunSpace, records: list[SimRecord]) -> None:
+        summary = publish(
+            records,
+            bootstrap_servers=self.base.bootstrap_servers,
+            topic=space.settings.touchpoints_topic,
+            rate=None,
+            progress=False,
+        )
+        space.produced = summary.sent
+
+    def proc(self, space: RunSpace, kind: str, index: int = 0) -> Proc:
+        port = free_port()
+        env = {**space.env, "JOURNEY_WEB_PORT": str(port)}
+        if kind == "ours":
+            argv = [sys.executable, "-m", "streams.cli", "worker"]
+        else:
+            script = ROOT / "scripts" / "naive_worker.py"
+            if not script.exists():
+                raise BenchError(f"the naive baseline {script} is missing (run the bench from a checkout)")
+            argv = [sys.executable, str(script)]
+        p = Proc(f"{kind} worker {space.tag}#{index}", argv, env, self.tmp / f"{space.tag}-{kind}-{index}.log", port)
+        self.procs.append(p)
+        return p
+
+    # -- one drain -------------------------------------------------------------------------
+
+    def cpu_snapshot(self, procs: Sequence[Proc]) -> dict[str, float | None]:
+        workers = [cpu_seconds(p.pid) for p in procs]
+        return {
+            "worker": None if None in workers else sum(w for w in workers if w is not None),
+            "redis": cpu_seconds(self.pids.get("redis")),
+            "kafka": cpu_seconds(self.pids.get("kafka")),
+        }
+
+    def committed_lag(self, space: RunSpace) -> int | None:
+        from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+
+        topic = space.settings.touchpoints_topic
+        tps = [TopicPartition(topic, p) for p in range(space.settings.topic_partitions)]
+        admin = KafkaAdminClient(bootstrap_servers=self.base.bootstrap_servers, request_timeout_ms=10_000)
+        consumer = KafkaConsumer(bootstrap_servers=self.base.bootstrap_servers)
+        try:
+            ends = consumer.end_offsets(tps)
+            committed = admin.list_group_offsets({space.settings.app_id: tps}).get(space.settings.app_id, {})
+            return sum(ends[tp] - (committed[tp].offset if tp in committed else 0) for tp in tps)
+        except Exception:  # a lookup failure only loses this cross-check, never the figures
+            return None
+        finally:
+            consumer.close()
+            admin.close()
+
+    def drain(self, space: RunSpace, kind: str, workers: int = 1) -> dict[str, Any]:
+        """Start ``workers`` processes on a pre-loaded topic; measure until everything is processed."""
+        procs = [self.proc(space, kind, i) for i in range(workers)]
+        produced = space.produced
+        timeout = 90 + produced / 100  # generous: the naive baseline does a few hundred events/s
+        for p in procs:
+            p.start()
+        spawned = time.monotonic()
+        t0 = c0 = cpu0 = None
+        first_any = None
+        while True:
+            now = time.monotonic()
+            if now - spawned > timeout:
+                raise BenchError(f"{kind} did not drain {produced} events in {timeout:.0f}s:\n{procs[0].log_tail()}")
+            for p in procs:
+                p.check_alive()
+            stats = [p.stats() for p in procs]
+            consumed = [s["consumed"] if s else 0 for s in stats]
+            if first_any is None and any(consumed):
+                first_any = now
+            if t0 is None and all(consumed):
+                t0, c0, cpu0 = now, sum(consumed), self.cpu_snapshot(procs)
+            if sum(consumed) >= produced:
+                t1, cpu1 = now, self.cpu_snapshot(procs)
+                break
+            time.sleep(POLL_S)
+        if t0 is None or c0 is None or cpu0 is None:  # one process drained it all before the other got work
+            raise BenchError(f"{kind}: only one of {workers} workers got any work; use more --events")
+        # The rate window is over; now wait for the offsets to be committed (every 2.8 s).
+        lag = self.committed_lag(space)
+        deadline = time.monotonic() + 20
+        while lag != 0 and time.monotonic() < deadline:
+            time.sleep(0.5)
+            lag = self.committed_lag(space)
+        final = [p.stats() or {} for p in procs]
+        for p in procs:
+            p.stop()
+        window = t1 - t0
+        counted = sum(consumed) - c0
+        per_1k = {
+            k: (1000 * (cpu1[k] - v) / counted) if v is not None and cpu1[k] is not None and counted else None
+            for k, v in cpu0.items()
+        }
+        total = {k: sum(s.get(k, 0) for s in final) for k in ("consumed", "applied", "duplicates", "dead_letters")}
+        return {
+            "kind": kind,
+            "workers": workers,
+            "partitions": space.settings.topic_partitions,
+            "produced": produced,
+            "startup_seconds": round((first_any or t0) - spawned, 2),
+            "window_seconds": round(window, 3),
+            "events_in_window": counted,
+            "events_per_s": counted / window if window > 0 else None,
+            "events_per_s_per_process": counted / window / workers if window > 0 else None,
+            "cpu_seconds_per_1k_events": per_1k,
+            **total,
+            "alerts_emitted": sum(s.get("alerts_emitted", 0) for s in final),
+            "accounted": total["applied"] + total["duplicates"] + total["dead_letters"] == total["consumed"]
+            and total["consumed"] >= produced,
+            "redelivered": total["consumed"] - produced,
+            "committed_lag_after": lag,
+        }
+
+    def _say_run(self, label: str, r: dict[str, Any]) -> None:
+        cpu = r["cpu_seconds_per_1k_events"]
+        self.echo(
+            f"   {label}: {r['events_per_s']:,.0f} events/s over {r['window_seconds']:.1f}s "
+            f"({r['events_in_window']:,} events; start-up {r['startup_seconds']:.1f}s); CPU s/1k events "
+            f"worker {_num(cpu['worker'], 3)} redis {_num(cpu['redis'], 3)} kafka {_num(cpu['kafka'], 3)}; "
+            f"applied {r['applied']:,} dup {r['duplicates']:,} DLQ {r['dead_letters']:,} lag {r['committed_lag_after']}"
+        )
+
+    # -- scenarios -------------------------------------------------------------------------
+
+    def scenario_drain(self) -> dict[str, Any]:
+        o = self.options
+        records = self.records("drain", o.events, o.seed)
+        spaces = []
+        for i in range(o.pairs):
+            spaces.append((self.space(f"ours{i}"), self.space(f"naive{i}")))
+        self.echo(f"== drain: pre-loading {len(records):,} records into {2 * o.pairs} topic copies")
+        for pair in spaces:
+            for space in pair:
+                self.preload(space, records)
+        pairs = []
+        for i, (ours_space, naive_space) in enumerate(spaces):
+            self.echo(f"== drain pair {i + 1}/{o.pairs}: journey worker, then the naive baseline")
+            ours = self.drain(ours_space, "ours")
+            self._say_run("ours ", ours)
+            naive = self.drain(naive_space, "naive")
+            self._say_run("naive", naive)
+            ratio = ours["events_per_s"] / naive["events_per_s"] if naive["events_per_s"] else None
+            pairs.append({"ours": ours, "naive": naive, "ratio": ratio})
+        ratios = [p["ratio"] for p in pairs if p["ratio"]]
+        return {
+            "records": len(records),
+            "pairs": pairs,
+            "ours_events_per_s": statistics.median(p["ours"]["events_per_s"] for p in pairs),
+            "naive_events_per_s": statistics.median(p["naive"]["events_per_s"] for p in pairs),
+            "ratio_median": statistics.median(ratios) if ratios else None,
+            "ratios": ratios,
+            "ours_cpu_seconds_per_1k_events": _median_cpu([p["ours"] for p in pairs]),
+            "naive_cpu_seconds_per_1k_events": _median_cpu([p["naive"] for p in pairs]),
+            "same_applied_everywhere": len({p[k]["applied"] for p in pairs for k in ("ours", "naive")}) == 1,
+        }
+
+    def scenario_scale(self) -> dict[str, Any]:
+        o = self.options
+        records = self.records("drain", o.events, o.seed)
+        one, two = self.space("scale1"), self.space("scale2")
+        self.echo(f"== scale: pre-loading {len(records):,} records into 2 topic copies (2 partitions)")
+        self.preload(one, records)
+        self.preload(two, records)
+        self.echo("== scale: one worker process, then two in one consumer group")
+        r1 = self.drain(one, "ours", workers=1)
+        self._say_run("1 worker ", r1)
+        r2 = self.drain(two, "ours", workers=2)
+        self._say_run("2 workers", r2)
+        return {
+            "one": r1,
+            "two": r2,
+            "ratio": r2["events_per_s"] / r1["events_per_s"] if r1["events_per_s"] else None,
+        }
+
+    def scenario_latency(self) -> dict[str, Any]:
+        o = self.options
+        n = int(o.rate * o.latency_seconds)
+        records = self.records("latency", n, o.seed + 1)[:n]
+        space = self.space("latency")
+        p = self.proc(space, "ours")
+        p.start()
+        self.echo(f"== latency: worker caught up on an empty topic, then {len(records):,} events at {o.rate:,.0f}/s")
+        deadline = time.monotonic() + 90
+        while p.get("/readyz")[0] != 200:
+            p.check_alive()
+            if time.monotonic() > deadline:
+                raise BenchError(f"the worker did not get its partitions within 90s:\n{p.log_tail()}")
+            time.sleep(POLL_S)
+        time.sleep(1.0)  # let the first (empty) fetches and the deadline timer settle
+        before = latency_buckets(p.get("/metrics")[1].decode())
+        cpu0 = self.cpu_snapshot([p])
+        me0 = resource.getrusage(resource.RUSAGE_SELF)
+        started = time.monotonic()
+        summary = publish(
+            records,
+            bootstrap_servers=self.base.bootstrap_servers,
+            topic=space.settings.touchpoints_topic,
+            rate=o.rate,
+            progress=False,
+        )
+        published = time.monotonic()
+        me1 = resource.getrusage(resource.RUSAGE_SELF)
+        at_publish_end = (p.stats() or {}).get("consumed", 0)
+        deadline = time.monotonic() + 60 + summary.sent / 500
+        while ((s := p.stats()) or {}).get("consumed", 0) < summary.sent:
+            p.check_alive()
+            if time.monotonic() > deadline:
+                raise BenchError(f"the worker did not catch up with the paced load:\n{p.log_tail()}")
+            time.sleep(POLL_S)
+        caught_up = time.monotonic()
+        cpu1 = self.cpu_snapshot([p])
+        after = latency_buckets(p.get("/metrics")[1].decode())
+        p.stop()
+        delta = sorted((le, after[le] - before.get(le, 0.0)) for le in after)
+        quantiles = {f"p{round(q * 100)}": histogram_quantile(delta, q) for q in (0.5, 0.9, 0.99)}
+        observed = delta[-1][1] if delta else 0
+        return {
+            "offered_events_per_s": o.rate,
+            "sent": summary.sent,
+            "publish_seconds": round(published - started, 3),
+            "achieved_send_rate": summary.rate,
+            "applied_during_publish_per_s": at_publish_end / (published - started),
+            "catch_up_seconds_after_publish": round(caught_up - published, 3),
+            "saturated": caught_up - published > 1.0,
+            "observed": observed,
+            "quantiles_seconds": quantiles,
+            "p50_ms": _ms(quantiles["p50"]["value"]),
+            "p99_ms": _ms(quantiles["p99"]["value"]),
+            "method": "delta of the worker's journey_processing_latency_seconds{clock=append_time} histogram "
+            "over the paced window (topic with LogAppendTime), linear interpolation inside a bucket",
+            "worker_cpu_seconds_per_1k_events": 1000 * (cpu1["worker"] - cpu0["worker"]) / summary.sent
+            if cpu0["worker"] is not None and cpu1["worker"] is not None and summary.sent
+            else None,
+            "producer_cpu_seconds": (me1.ru_utime + me1.ru_stime) - (me0.ru_utime + me0.ru_stime),
+            "stats": s,
+        }
+
+    def scenario_memory(self) -> dict[str, Any]:
+        o = self.options
+        self.echo(f"== memory: {o.customers:,} simulated customers through the worker's batch handler (no Kafka)")
+        space = self.space("memory")
+        _, stream = simulate(o.customers, seed=o.seed + 2, now_ms=self.now_ms)
+        return asyncio.run(_memory(space.settings, list(stream), self.echo))
+
+    def scenario_deadlines(self) -> dict[str, Any]:
+        o = self.options
+        self.echo(f"== deadlines: scripts/bench_deadlines.py with {o.deadline_customers:,} customers")
+        script = ROOT / "scripts" / "bench_deadlines.py"
+        if not script.exists():
+            raise BenchError(f"{script} is missing (run the bench from a checkout)")
+        spec = importlib.util.spec_from_file_location("bench_deadlines", script)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return asyncio.run(
+            module.measure(
+                o.deadline_customers,
+                4,
+                1000,
+                redis_url=self.base.redis_url,
+                repeat=100 if o.quick else 500,
+                echo=lambda line: self.echo(f"   {line}"),
+            )
+        )
+
+    # -- the whole run ---------------------------------------------------------------------
+
+    def run(self) -> dict[str, Any]:
+        started = time.monotonic()
+        versions = self.check_stack()
+        machine = machine_info(self.base, versions["kafka"])
+        results: dict[str, Any] = {}
+        try:
+            for name in SCENARIOS:
+                if name in self.options.only:
+                    t = time.monotonic()
+                    results[name] = getattr(self, f"scenario_{name}")()
+                    results[name]["scenario_seconds"] = round(time.monotonic() - t, 1)
+        except BaseException:
+            self.failed = True
+            raise
+        finally:
+            self.cleanup()
+        return {
+            "bench": {
+                "mode": "quick" if self.options.quick else "full",
+                "options": {**asdict(self.options), "json_path": str(self.options.json_path)},
+                "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.now_ms / 1000)),
+                "seconds": round(time.monotonic() - started, 1),
+                "stack_pids": versions["pids"],
+            },
+            "machine": machine,
+            "results": results,
+        }
+
+    def cleanup(self) -> None:
+        for p in self.procs:
+            p.stop(timeout=10)
+        try:
+            _delete_spaces(self.base, self.spaces)
+        except Exception as exc:  # leftovers are named jt:bench:<run id>, bench-*-<run id>
+            self.echo(f"warning: cleanup incomplete ({exc!r})")
+        if self.failed:
+            self.echo(f"worker logs kept in {self.tmp}")
+        else:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+async def _memory(settings: Settings, records: list[SimRecord], echo: Callable[[str], None]) -> dict[str, Any]:
+    """Apply ``records`` with the worker's own batch handler, then measure Redis per tracked customer."""
+    from streams.app import Worker
+    from streams.journey_file import load_journey_map
+    from streams.pipeline import SourceRecord
+
+    class NoDeadLetters:
+        count = 0
+
+        async def send(self, letters: Sequence[Any]) -> None:
+            self.count += len(letters)
+
+    worker = Worker(settings, load_journey_map(settings.map))
+    redis = worker.redis
+    store = worker.store
+    partitions = settings.topic_partitions
+    sink = NoDeadLetters()
+    try:
+        used_before = (await redis.info("memory"))["used_memory"]
+        t = time.perf_counter()
+        offsets = [0] * partitions
+        batch: list[SourceRecord] = []
+        for rec in records:
+            p = zlib.crc32(rec.key) % partitions  # any stable spread: it only picks the deadline set
+            batch.append(SourceRecord(rec.key, rec.value, settings.touchpoints_topic, p, offsets[p], None))
+            offsets[p] += 1
+            if len(batch) == settings.batch_size:
+                await worker.process(batch, sink)  # type: ignore[arg-type]
+                batch = []
+        if batch:
+            await worker.process(batch, sink)  # type: ignore[arg-type]
+        applied_s = time.perf_counter() - t
+        used_after = (await redis.info("memory"))["used_memory"]
+
+        prefix = settings.redis_prefix
+        customers: list[str] = []
+        shared: dict[str, int] = {}
+        async for raw in redis.scan_iter(match=f"{prefix}:*", count=10_000):
+            key = raw.decode()
+            if key.endswith("}:journey"):
+                customers.append(key[len(prefix) + 2 : -len("}:journey")])
+            elif "{" not in key:
+                shared[key] = 0
+        for key in shared:
+            shared[key] = int(await redis.memory_usage(key, samples=0) or 0)
+        sample = random.Random(1).sample(customers, min(500, len(customers)))
+        journey_b, seen_b = [], []
+        for cid in sample:
+            journey_b.append(int(await redis.memory_usage(store.journey_key(cid), samples=0) or 0))
+            seen_b.append(int(await redis.memory_usage(store.seen_key(cid), samples=0) or 0))
+        n = max(1, len(customers))
+        deadline_bytes = sum(v for k, v in shared.items() if ":deadlines:" in k)
+        outbox_bytes = sum(v for k, v in shared.items() if ":outbox:" in k)
+        other_shared = sum(shared.values()) - deadline_bytes - outbox_bytes
+        per_kind = {
+            "journey_hash": statistics.mean(journey_b) if journey_b else 0,
+            "dedupe_set": statistics.mean(seen_b) if seen_b else 0,
+            "deadlines": deadline_bytes / n,
+            "shared_keys": other_shared / n,
+        }
+        result = {
+            "customers": len(customers),
+            "records": len(records),
+            "dead_letters": sink.count,
+            "apply_seconds": round(applied_s, 1),
+            "sampled_customers": len(sample),
+            "bytes_per_customer_by_kind": per_kind,
+            "bytes_per_customer": sum(per_kind.values()),
+            "info_used_memory_delta_per_customer": (used_after - used_before - outbox_bytes) / n,
+            "outbox_bytes_not_counted": outbox_bytes,
+            "note": "MEMORY USAGE (SAMPLES 0) of a random sample of customers' own keys, plus the deadline sets "
+            "and shared keys divided by customers; the alert outbox (drained by the publisher when a worker "
+            "runs) is left out. INFO delta: Redis is shared, so other clients' writes land in it too.",
+        }
+        echo(
+            f"   {result['customers']:,} customers: {result['bytes_per_customer']:.0f} B each by MEMORY USAGE "
+            f"({', '.join(f'{k} {v:.0f}' for k, v in per_kind.items())}); INFO delta "
+            f"{result['info_used_memory_delta_per_customer']:.0f} B; applied in {applied_s:.1f}s"
+        )
+        return result
+    finally:
+        await redis.aclose()
+
+
+def _delete_spaces(base: Settings, spaces: Sequence[RunSpace]) -> None:
+    if not spaces:
+        return
+    import redis as redis_sync
+    from kafka import KafkaAdminClient
+
+    client = redis_sync.Redis.from_url(base.redis_url)
+    try:
+        for space in spaces:
+            keys: list[bytes] = []
+            for key in client.scan_iter(match=f"{space.settings.redis_prefix}:*", count=10_000):
+                keys.append(key)
+                if len(keys) >= 5_000:
+                    client.unlink(*keys)
+                    keys = []
+            if keys:
+                client.unlink(*keys)
+    finally:
+        client.close()
+    admin = KafkaAdminClient(bootstrap_servers=base.bootstrap_servers, request_timeout_ms=30_000)
+    try:
+        existing = set(admin.list_topics())
+        topics = [
+            t
+            for s in spaces
+            for t in (
+                s.settings.touchpoints_topic,
+                s.settings.dlq_topic,
+                s.settings.alerts_topic,
+                s.settings.erasure_topic,
+            )
+            if t in existing
+        ]
+        if topics:
+            admin.delete_topics(topics, raise_errors=False)
+        with contextlib.suppress(Exception):  # groups that never committed do not exist
+            admin.delete_groups([s.settings.app_id for s in spaces])
+    finally:
+        admin.close()
+
+
+def _median_cpu(runs: Sequence[dict[str, Any]]) -> dict[str, float | None]:
+    out: dict[str, float | None] = {}
+    for k in ("worker", "redis", "kafka"):
+        values = [r["cpu_seconds_per_1k_events"][k] for r in runs if r["cpu_seconds_per_1k_events"][k] is not None]
+        out[k] = statistics.median(values) if values else None
+    return out
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 2)
+
+
+def _num(value: float | None, digits: int = 0, suffix: str = "") -> str:
+    return "n/a" if value is None else f"{value:,.{digits}f}{suffix}"
+
+
+def machine_info(settings: Settings, kafka_version: str) -> dict[str, Any]:
+    """What the figures were measured on."""
+    import redis as redis_sync
+
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    ram_gib = None
+    try:
+        kb = int(re.search(r"MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text())[1])  # type: ignore[index]
+        ram_gib = round(kb / 1024 / 1024, 1)
+    except (OSError, TypeError):
+        pass
+    client = redis_sync.Redis.from_url(settings.redis_url)
+    try:
+        redis_version = client.info("server").get("redis_version")
+    finally:
+        client.close()
+
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    dirty = git("status", "--porcelain", "--untracked-files=no")
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "ram_gib": ram_gib,
+        "os": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+        "kafka": kafka_version,
+        "redis": redis_version,
+        "git_commit": git("rev-parse", "HEAD"),
+        "git_dirty_files": dirty.splitlines() if dirty else [],
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Report
+
+
+def table(report: dict[str, Any]) -> str:
+    """The figures as a plain-text table (what ``journey bench`` prints)."""
+    m, r = report["machine"], report["results"]
+    commit = (m["git_commit"] or "unknown")[:10] + (" (uncommitted changes)" if m["git_dirty_files"] else "")
+    rows: list[tuple[str, str, str]] = []
+    if "drain" in r:
+        d = r["drain"]
+        rows.append(
+            (f"drain, 1 worker process ({d['records']:,} events)", _num(d["ours_events_per_s"], 0, " ev/s"),
+             TARGETS["events_per_s"])
+        )  # fmt: skip
+        rows.append(("  naive baseline, 1 process", _num(d["naive_events_per_s"], 0, " ev/s"), ""))
+        pairs = ", ".join(_num(x, 1, "×") for x in d["ratios"])
+        rows.append(
+            (f"  ours / naive, pair by pair ({pairs})", _num(d["ratio_median"], 1, "×"), TARGETS["ratio_naive"])
+        )
+        for who in ("ours", "naive"):
+            c = d[f"{who}_cpu_seconds_per_1k_events"]
+            rows.append(
+                (f"  CPU s per 1k events, {who}: worker / Redis / Kafka",
+                 f"{_num(c['worker'], 3)} / {_num(c['redis'], 3)} / {_num(c['kafka'], 3)}", "")
+            )  # fmt: skip
+    if "latency" in r:
+        lat = r["latency"]
+        rows.append(
+            (f"latency append→applied at {lat['offered_events_per_s']:,.0f} ev/s offered: p50 / p99",
+             f"{_num(lat['p50_ms'], 1)} / {_num(lat['p99_ms'], 1)} ms", TARGETS["latency_p99"])
+        )  # fmt: skip
+        state = "saturated" if lat["saturated"] else "kept up"
+        rows.append(
+            (f"  applied while publishing ({state}; caught up {lat['catch_up_seconds_after_publish']:.1f}s after)",
+             _num(lat["applied_during_publish_per_s"], 0, " ev/s"), "")
+        )  # fmt: skip
+    if "memory" in r:
+        mem = r["memory"]
+        kinds = ", ".join(f"{k} {v:.0f}" for k, v in mem["bytes_per_customer_by_kind"].items())
+        rows.append(
+            (f"Redis bytes per customer at {mem['customers']:,} (MEMORY USAGE)", _num(mem["bytes_per_customer"], 0),
+             TARGETS["bytes_per_customer"])
+        )  # fmt: skip
+        rows.append((f"  by kind: {kinds}", "", ""))
+        rows.append(("  INFO used_memory delta per customer", _num(mem["info_used_memory_delta_per_customer"], 0), ""))
+    if "deadlines" in r:
+        dl = r["deadlines"]
+        rows.append(
+            (f"deadline check, {dl['customers']:,} customers, none due ({dl['partitions']} partitions)",
+             _num(dl["none_due_all_partitions_ms_median"], 2, " ms"), TARGETS["deadline_none_due"])
+        )  # fmt: skip
+        rows.append(("  one partition", _num(dl["none_due_one_partition_ms_median"], 2, " ms"), ""))
+        rows.append((f"  with {dl['due']:,} due (fires their alerts)", _num(dl["due_check_ms"], 1, " ms"), ""))
+    if "scale" in r:
+        s = r["scale"]
+        rows.append(
+            ("scale: 2 worker processes / 1 (2 partitions)",
+             f"{_num(s['two']['events_per_s'], 0)} / {_num(s['one']['events_per_s'], 0)} ev/s = "
+             f"{_num(s['ratio'], 2, '×')}", TARGETS["scale"])
+        )  # fmt: skip
+    width = max(len(a) for a, _, _ in rows) if rows else 10
+    vwidth = max(len(b) for _, b, _ in rows) if rows else 10
+    header = (
+        f"journey bench ({report['bench']['mode']}, {report['bench']['seconds']:.0f}s) at {commit}\n"
+        f"{m['cpu']}, {m['cores']} cores, {m['ram_gib']} GiB RAM, {m['os']}, Python {m['python']}, "
+        f"Kafka {m['kafka']}, Redis {m['redis']} (all on this machine)\n"
+    )
+    lines = [f"{'figure':<{width}}  {'value':>{vwidth}}  target", "-" * (width + vwidth + 12)]
+    lines += [f"{a:<{width}}  {b:>{vwidth}}  {c}".rstrip() for a, b, c in rows]
+    return header + "\n".join(lines)
+
+
+def run_bench(options: BenchOptions, echo: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run the selected scenarios, write the JSON file, print the table; return the report."""
+    bench = Bench(options) if echo is None else Bench(options, echo)
+    report = bench.run()
+    path = options.json_path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
+    print(table(report))
+    print(f"\nfigures written to {path}")
+    return report
