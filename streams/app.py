@@ -158,7 +158,12 @@ class Worker:
         self.clv = ClvModels(self.redis, settings.redis_prefix)
         self.offsets: dict[int, int] = {}  # last offset read per touchpoints partition
         self.propensity = PropensityStore(
-            self.redis, journey.propensity, prefix=settings.redis_prefix, model_key=settings.model_secret()
+            self.redis,
+            journey.propensity,
+            prefix=settings.redis_prefix,
+            model_key=settings.model_secret(),
+            early_positives=settings.model_learn_positives == "at_upsell",
+            alert_min_examples=settings.model_alert_min_examples,
         )
         self.scorer = Scorer(self.propensity, journey, kind=settings.model_kind, channels=settings.channels)
         self.learner = Learner(

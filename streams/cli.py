@@ -122,7 +122,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     ensure_topics(settings)
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1_000_000)
     print(f"simulating {args.customers} customers (seed {seed}) -> {settings.touchpoints_topic}", file=sys.stderr)
-    _, records = simulate(args.customers, seed=seed, now_ms=int(time.time() * 1000), days=args.days)
+    _, records = simulate(
+        args.customers, seed=seed, now_ms=int(time.time() * 1000), days=args.days, upsell_signal=args.upsell_signal
+    )
     summary = publish(
         records,
         bootstrap_servers=settings.bootstrap_servers,
@@ -404,6 +406,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rate", type=float, default=2000.0, help="events per second (0 = as fast as possible)")
     p.add_argument("--seed", type=int, default=None, help="random seed (default: a new one, printed)")
     p.add_argument("--days", type=float, default=14.0, help="journeys start over the last N days")
+    p.add_argument("--no-upsell-signal", dest="upsell_signal", action="store_false",
+                   help="upgrades independent of the journey (the propensity model should then score about 0.5 AUC)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=cmd_simulate)
 

@@ -54,12 +54,23 @@ def _wait_healthy(base: str, proc: subprocess.Popen[bytes], log_path: str, timeo
     raise stack.StackError(f"the worker did not become healthy within {timeout:.0f}s; see {log_path}")
 
 
-def _summary_line(stats: dict[str, Any], funnel: dict[str, Any], rate: float) -> str:
+def _summary_line(stats: dict[str, Any], funnel: dict[str, Any], rate: float, model: dict[str, Any] | None) -> str:
     stages = " ".join(f"{s['stage']}={s['customers']}" for s in funnel["stages"])
+    upsell = stats.get("alerts_emitted_by_type", {}).get("upsell_opportunity:open", 0)
+    auc = model.get("recent", {}).get("roc_auc") if model else None
+    learned = model.get("examples_learned", 0) if model else 0
     return (
         f"{rate:7.0f} ev/s | applied {stats['applied']:>7} | dup {stats['duplicates']:>5} | "
-        f"DLQ {stats['dead_letters']:>4} | alerts {stats['alerts_emitted']:>5} | {stages}"
+        f"DLQ {stats['dead_letters']:>4} | alerts {stats['alerts_emitted']:>5} (upsell {upsell:>4}) | "
+        f"model AUC {'  -  ' if auc is None else f'{auc:.3f}'} on {learned:>5} learned | {stages}"
     )
+
+
+def _model(base: str) -> dict[str, Any] | None:
+    try:
+        return _get(f"{base}/model")
+    except (OSError, ValueError):  # 404 when scoring is off in the map
+        return None
 
 
 def run_demo(
@@ -83,7 +94,8 @@ def run_demo(
     try:
         _wait_healthy(base, proc, log_path)
         seed = seed if seed is not None else random.SystemRandom().randrange(1_000_000)
-        truth, records = simulate(customers, seed=seed, now_ms=int(time.time() * 1000))
+        # 90 days of history, so that most scoring points reach the end of their horizon (labels)
+        truth, records = simulate(customers, seed=seed, now_ms=int(time.time() * 1000), days=90)
         say(f"== simulating {customers} customers at {rate:.0f} events/s (seed {seed})")
         outcome: dict[str, PublishSummary | BaseException] = {}
         stop = threading.Event()
@@ -116,7 +128,7 @@ def run_demo(
             if stats["consumed"] != last_consumed:
                 idle_since = now
             last_consumed, last_t = stats["consumed"], now
-            line = _summary_line(stats, funnel, ev_rate)
+            line = _summary_line(stats, funnel, ev_rate, _model(base))
             print(f"\r{line}" if tty else line, end="" if tty else "\n", flush=True)
             if "error" in outcome:
                 raise outcome["error"]  # type: ignore[misc]
@@ -133,6 +145,14 @@ def run_demo(
         )
         by_type = ", ".join(f"{k}={v}" for k, v in stats["alerts_emitted_by_type"].items()) or "none yet"
         say(f"== alerts on topic {settings.alerts_topic}: {by_type}")
+        if model := _model(base):
+            fmt = lambda x: "-" if x is None else f"{x:.3f}"  # noqa: E731
+            say(
+                f"== propensity model v{model['version']}: ROC AUC {fmt(model['roc_auc'])} since start, "
+                f"{fmt(model['recent']['roc_auc'])} over the last {model['recent']['examples']} labels; "
+                f"log loss {fmt(model['log_loss'])}; {model['predictions_pending']} predictions wait for labels "
+                f"(curl {base}/model)"
+            )
         example = next((c.customer_id for c in truth if c.touchpoints), "c000001")
         say(f"== look a customer up: curl {base}/customers/{example}")
         say(f"== funnel: curl {base}/journey/funnel   gaps: curl {base}/journey/gaps   health: curl {base}/healthz")

@@ -10,18 +10,22 @@
 --
 -- ARGV[1] key prefix   ARGV[2] watermark (ms)   ARGV[3] horizon (ms)   ARGV[4] alert threshold
 -- ARGV[5] most predictions settled by expiry in one call   ARGV[6] upsell touchpoint (for the alert)
--- ARGV[7] number of predictions n, then eight per prediction: customer, scored ms, touchpoint, stage,
+-- ARGV[7] '1': settle a positive as soon as the upsell happens; '0': at the end of its horizon, like negatives
+-- ARGV[8] fewest examples a model must have learned before its scores raise alerts (warm-up)
+-- ARGV[9] number of predictions n, then eight per prediction: customer, scored ms, touchpoint, stage,
 --         probability ('' = the model had no classes yet), predicted class (1, 0 or ''), model version,
 --         features (JSON object)
--- ARGV[8 + 8n ..] customers to check for an upsell now (they did one in this batch)
+-- ARGV[10 + 8n ..] customers to check for an upsell now (they did one in this batch)
 --
--- A prediction is settled once: positive as soon as the customer has an upsell in
--- [scored, scored + horizon), negative when the watermark reaches scored + horizon without one.
+-- A prediction is settled once. Its label is positive if the customer has an upsell in
+-- [scored, scored + horizon), negative if the watermark reaches scored + horizon without one;
+-- a positive is settled when the upsell happens (ARGV[7] = '1') or at the end of the horizon.
 -- Settling removes it and appends {y, pred} to the examples stream, which the single learner reads.
 -- Returns {predictions stored, settled positive, settled negative, alerts raised}.
 local predictions, examples, outbox = KEYS[1], KEYS[2], KEYS[3]
 local prefix, wm, horizon = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local threshold, expire_limit, upsell_tp = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
+local early, min_version = ARGV[7] == '1', tonumber(ARGV[8])
 local stored, positive, negative, alerts = 0, 0, 0, 0
 local EXAMPLES_MAX = 1000000  -- a safety cap should no learner run; the learner trims what it has learned
 
@@ -52,9 +56,9 @@ local function settle(cid, scored, y)
 end
 
 -- 1. store the new predictions (a redelivered one is already there and is left alone)
-local n = tonumber(ARGV[7])
+local n = tonumber(ARGV[9])
 local checked = {}
-for i = 8, 8 + 8 * (n - 1), 8 do
+for i = 10, 10 + 8 * (n - 1), 8 do
   local cid, scored, tp, stage = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local p, c, v, x = ARGV[i + 4], ARGV[i + 5], ARGV[i + 6], ARGV[i + 7]
   local jkey = journey_key(cid)
@@ -65,7 +69,7 @@ for i = 8, 8 + 8 * (n - 1), 8 do
     local last = tonumber(redis.call('HGET', jkey, 'p_at') or '-1')
     if tonumber(scored) >= last then redis.call('HSET', jkey, 'p_score', p, 'p_at', scored, 'p_ver', v) end
     local prev = tonumber(redis.call('HGET', jkey, 'up_alert') or '')
-    if p ~= '' and tonumber(p) >= threshold and (prev == nil or math.abs(tonumber(scored) - prev) >= horizon) then
+    if p ~= '' and tonumber(p) >= threshold and tonumber(v) >= min_version and (prev == nil or math.abs(tonumber(scored) - prev) >= horizon) then
       redis.call('HSET', jkey, 'up_alert', scored)
       redis.call('RPUSH', outbox, cjson.encode({
         type = 'upsell_opportunity', status = 'open', customer_id = cid, stage = stage, touchpoint = tp,
@@ -76,9 +80,10 @@ for i = 8, 8 + 8 * (n - 1), 8 do
   end
   checked[cid] = true
 end
-for i = 8 + 8 * n, #ARGV do checked[ARGV[i]] = true end
+for i = 10 + 8 * n, #ARGV do checked[ARGV[i]] = true end
 
 -- 2. positives known now: the customers scored or upsold in this batch
+if not early then checked = {} end
 for cid in pairs(checked) do
   local fields = redis.call('HKEYS', pred_key(cid))
   if #fields > 0 then

@@ -97,8 +97,19 @@ def snapshot_mac(key: bytes, fields: Sequence[bytes]) -> str:
 class PropensityStore:
     """The Redis side of the propensity: predictions, labels, examples and model snapshots."""
 
-    def __init__(self, redis: Redis, spec: PropensitySpec, *, prefix: str, model_key: bytes) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        spec: PropensitySpec,
+        *,
+        prefix: str,
+        model_key: bytes,
+        early_positives: bool = False,
+        alert_min_examples: int = 0,
+    ) -> None:
         self.redis = redis
+        self.alert_min_examples = alert_min_examples
+        self.early_positives = early_positives
         self.spec = spec
         self.prefix = prefix
         self.model_key = model_key
@@ -132,6 +143,8 @@ class PropensityStore:
             repr(self.spec.alert_threshold),
             EXPIRE_LIMIT,
             self.spec.upsell[0] if self.spec.upsell else "",
+            "1" if self.early_positives else "0",
+            self.alert_min_examples,
             len(predictions),
         ]
         for p in predictions:

@@ -79,6 +79,12 @@ class Settings(BaseSettings):
     model_checkpoint_interval: float = 10.0  # ...or this long after the first unsaved one
     model_reload_interval: float = 5.0  # how often scorers look for a newer snapshot
     model_window: int = Field(default=1000, ge=1)  # examples in the "recent" metrics
+    # When a positive example reaches the learner: at the end of its horizon like the negatives
+    # (default: the model never sees positives sooner than negatives, see README), or as soon as
+    # the upsell happens.
+    model_learn_positives: Literal["at_horizon", "at_upsell"] = "at_horizon"
+    # No upsell_opportunity alerts from a model that has learned fewer examples than this (warm-up).
+    model_alert_min_examples: int = Field(default=500, ge=0)
 
     # The local stack (`journey stack up`)
     kafka_version: str = "3.9.1"

@@ -193,6 +193,7 @@ def make_worker_env(stack: Settings, tmp: Path, **overrides: str) -> dict[str, s
             "JOURNEY_WEB_PORT": str(free_port()),
             "JOURNEY_TOPIC_PARTITIONS": "2",
             "JOURNEY_BATCH_WITHIN": "0.02",
+            "JOURNEY_MODEL_KEY": "integration-test-model-key",
             "PYTHONPATH": str(ROOT),
         }
     )
