@@ -143,7 +143,8 @@ async def _examples(redis: Redis, store: PropensityStore, n: int, seed: int = 0)
     for _ in range(n):
         x = {"a": rng.random(), "b": rng.random()}
         y = x["a"] > 0.5
-        await redis.xadd(store.examples_key, {"y": "1" if y else "0", "pred": orjson.dumps({"p": 0.5, "c": False, "v": 0, "x": x})})
+        pred = orjson.dumps({"p": 0.5, "c": False, "v": 0, "x": x})
+        await redis.xadd(store.examples_key, {"y": "1" if y else "0", "pred": pred})
 
 
 async def _snapshot_checks(redis_url: str) -> None:
