@@ -30,7 +30,7 @@ def openapi_document() -> dict[str, Any]:
         "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
         "paths": {
             "/customers/{customer_id}": {
-                "get": _get("A customer's journey, value and open alerts", personal=True, params=[CUSTOMER],
+                "get": _get("A customer's journey, value (clv), upsell propensity and open alerts", personal=True, params=[CUSTOMER],
                             extra={"404": {"description": "unknown customer"}}),
                 "delete": _get("Erase a customer (right to be forgotten); publishes a tombstone", personal=True,
                                params=[CUSTOMER]),
@@ -41,6 +41,9 @@ def openapi_document() -> dict[str, Any]:
                                           extra={"400": {"description": "bad days"}})},
             "/journey/value": {"get": _get("Value attributed to touchpoints, channels, stages; value lost")},
             "/clv/model": {"get": _get("The newest CLV model version and parameters")},
+            "/model": {"get": _get("The upsell-propensity model: version, examples learned, predictions pending, "
+                                   "ROC AUC / log loss / accuracy since start and recent, calibration",
+                                   extra={"404": {"description": "propensity scoring is off in the journey map"}})},
             "/alerts/recent": {"get": _get("The latest alerts this worker published (pseudonymised)")},
             "/worker/stats": {"get": _get("This worker's counters")},
             "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "text"}}}},

@@ -103,3 +103,34 @@ def test_stall_probability_is_the_same_as_the_matching_z(tmp_path: Path):
     f.write_text(FLOW_MAP % flow + "alerts: {stall_z: 2}\n")
     assert by_probability.stall_after_ms == pytest.approx(load_journey_map(f).stall_after_ms, abs=1000)
     assert load_journey_map(f).stall_after_ms == (280_000, 0)  # TE 2m40s + 2 × σ 1m
+
+
+def test_the_default_map_scores_after_purchase_and_onboarding_for_upgrades_within_14_days():
+    spec = load_journey_map(DEFAULT_MAP).propensity
+    assert spec.score_after == ("purchase", "onboarding_complete") and spec.upsell == ("upgrade",)
+    assert spec.horizon_ms == 14 * 86_400_000 and spec.alert_threshold == 0.3
+
+
+def test_a_map_without_a_propensity_section_scores_nothing():
+    m = parse_journey_map({"stages": ["a"], "touchpoints": {"x": {"stage": "a"}}})
+    assert m.propensity.score_after == ()
+
+
+def test_a_bad_propensity_section_names_each_entry():
+    doc = {
+        "stages": ["a"],
+        "touchpoints": {"buy": {"stage": "a"}, "up": {"stage": "a"}},
+        "propensity": {"score_after": ["buy", "byu"], "upsell": ["buy"], "horizon": "soon",
+                       "alert_threshold": 1.5, "window": 3},
+    }
+    with pytest.raises(MapError) as err:
+        parse_journey_map(doc)
+    text = str(err.value)
+    for expected in (
+        "propensity.score_after[1]: unknown touchpoint 'byu'",
+        "propensity: a touchpoint cannot be both a scoring point and the upsell: ['buy']",
+        "propensity.horizon:",
+        "propensity.alert_threshold: must be a probability from 0 to 1, got 1.5",
+        "propensity.window: unknown entry",
+    ):
+        assert expected in text
