@@ -30,7 +30,8 @@ def openapi_document() -> dict[str, Any]:
         "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
         "paths": {
             "/customers/{customer_id}": {
-                "get": _get("A customer's journey, value (clv), upsell propensity and open alerts", personal=True, params=[CUSTOMER],
+                "get": _get("A customer's journey, value (clv), upsell propensity and open alerts", personal=True,
+                            params=[CUSTOMER],
                             extra={"404": {"description": "unknown customer"}}),
                 "delete": _get("Erase a customer (right to be forgotten); publishes a tombstone", personal=True,
                                params=[CUSTOMER]),
