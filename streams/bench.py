@@ -658,7 +658,7 @@ class Bench:
         self.echo(f"== memory: {o.customers:,} simulated customers through the worker's batch handler (no Kafka)")
         space = self.space("memory", topics=False)
         _, stream = simulate(o.customers, seed=o.seed + 2, now_ms=self.now_ms)
-        return asyncio.run(_memory(space.settings, list(stream), self.echo))
+        return _memory(space.env, list(stream), self.echo)
 
     def scenario_deadlines(self) -> dict[str, Any]:
         o = self.options
@@ -789,76 +789,127 @@ async def burst_publish(
     return len(records)
 
 
-async def _memory(settings: Settings, records: list[SimRecord], echo: Callable[[str], None]) -> dict[str, Any]:
-    """Apply ``records`` with the worker's own batch handler, then measure Redis per tracked customer."""
+class _NoDeadLetters:
+    """Dead letters counted and dropped (the memory figure needs no DLQ topic)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    async def send(self, letters: Sequence[Any]) -> None:
+        self.count += len(letters)
+
+
+def _settings_from(env: dict[str, str]) -> Settings:
+    return Settings(**{k.removeprefix("JOURNEY_").lower(): v for k, v in env.items() if k.startswith("JOURNEY_")})
+
+
+def _load_partition(env: dict[str, str], partition: int, records: list[tuple[bytes, bytes]]) -> int:
+    """One loader process: apply one partition's records in batches, as a worker owning it would."""
     from streams.app import Worker
     from streams.journey_file import load_journey_map
     from streams.pipeline import SourceRecord
 
-    class NoDeadLetters:
-        count = 0
+    settings = _settings_from(env)
 
-        async def send(self, letters: Sequence[Any]) -> None:
-            self.count += len(letters)
-
-    worker = Worker(settings, load_journey_map(settings.map))
-    redis = worker.redis
-    store = worker.store
-    partitions = settings.topic_partitions
-    sink = NoDeadLetters()
-    try:
-        used_before = (await redis.info("memory"))["used_memory"]
-        t = time.perf_counter()
-        offsets = [0] * partitions
-        batch: list[SourceRecord] = []
-        for rec in records:
-            p = zlib.crc32(rec.key) % partitions  # any stable spread: it only picks the deadline set
-            batch.append(SourceRecord(rec.key, rec.value, settings.touchpoints_topic, p, offsets[p], None))
-            offsets[p] += 1
-            if len(batch) == settings.batch_size:
+    async def load() -> int:
+        worker = Worker(settings, load_journey_map(settings.map))
+        sink = _NoDeadLetters()
+        topic, size = settings.touchpoints_topic, settings.batch_size
+        try:
+            for lo in range(0, len(records), size):
+                batch = [
+                    SourceRecord(key, value, topic, partition, lo + i, None)
+                    for i, (key, value) in enumerate(records[lo : lo + size])
+                ]
                 await worker.process(batch, sink)  # type: ignore[arg-type]
-                batch = []
-        if batch:
-            await worker.process(batch, sink)  # type: ignore[arg-type]
-        applied_s = time.perf_counter() - t
-        used_after = (await redis.info("memory"))["used_memory"]
+        finally:
+            await worker.redis.aclose()
+        return sink.count
 
+    return asyncio.run(load())
+
+
+def _memory(env: dict[str, str], records: list[SimRecord], echo: Callable[[str], None]) -> dict[str, Any]:
+    """Apply ``records`` with the worker's own batch handler — one loader process per partition, like
+    one worker per partition — then measure Redis per tracked customer."""
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    import redis as redis_sync
+
+    settings = _settings_from(env)
+    partitions = settings.topic_partitions
+    split: list[list[tuple[bytes, bytes]]] = [[] for _ in range(partitions)]
+    for rec in records:
+        split[zlib.crc32(rec.key) % partitions].append((rec.key, rec.value))  # any stable spread
+    client = redis_sync.Redis.from_url(settings.redis_url)
+    try:
+        used_before = client.info("memory")["used_memory"]
+        t = time.perf_counter()
+        with ProcessPoolExecutor(partitions, mp_context=get_context("spawn")) as pool:
+            dead = sum(pool.map(_load_partition, [env] * partitions, range(partitions), split))
+        applied_s = time.perf_counter() - t
+        used_after = client.info("memory")["used_memory"]
+    finally:
+        client.close()
+    return asyncio.run(_measure_memory(settings, len(records), dead, applied_s, used_after - used_before, echo))
+
+
+async def _measure_memory(
+    settings: Settings, n_records: int, dead: int, applied_s: float, used_delta: int, echo: Callable[[str], None]
+) -> dict[str, Any]:
+    from redis.asyncio import Redis
+
+    from streams.journey_file import load_journey_map
+    from streams.journey_store import RedisJourneyStore
+
+    redis = Redis.from_url(settings.redis_url)
+    store = RedisJourneyStore(
+        redis, load_journey_map(settings.map), prefix=settings.redis_prefix, dedupe_window_ms=0, path_length=1
+    )
+    try:
         prefix = settings.redis_prefix
         customers: list[str] = []
+        kinds: set[str] = set()  # per-customer keys are <prefix>:{<customer>}:<kind>
         shared: dict[str, int] = {}
         async for raw in redis.scan_iter(match=f"{prefix}:*", count=10_000):
             key = raw.decode()
-            if key.endswith("}:journey"):
-                customers.append(key[len(prefix) + 2 : -len("}:journey")])
-            elif "{" not in key:
+            if "{" in key:
+                cid, _, kind = key[len(prefix) + 2 :].rpartition("}:")
+                kinds.add(kind)
+                if kind == "journey":
+                    customers.append(cid)
+            else:
                 shared[key] = 0
         for key in shared:
             shared[key] = int(await redis.memory_usage(key, samples=0) or 0)
         sample = random.Random(1).sample(customers, min(500, len(customers)))
-        journey_b, seen_b = [], []
+        own: dict[str, list[int]] = {kind: [] for kind in sorted(kinds)}
         for cid in sample:
-            journey_b.append(int(await redis.memory_usage(store.journey_key(cid), samples=0) or 0))
-            seen_b.append(int(await redis.memory_usage(store.seen_key(cid), samples=0) or 0))
+            for kind, sizes in own.items():  # a key the customer does not have counts as 0
+                sizes.append(int(await redis.memory_usage(f"{prefix}:{{{cid}}}:{kind}", samples=0) or 0))
         n = max(1, len(customers))
         deadline_bytes = sum(v for k, v in shared.items() if ":deadlines:" in k)
         outbox_bytes = sum(v for k, v in shared.items() if ":outbox:" in k)
         other_shared = sum(shared.values()) - deadline_bytes - outbox_bytes
         per_kind = {
-            "journey_hash": statistics.mean(journey_b) if journey_b else 0,
-            "dedupe_set": statistics.mean(seen_b) if seen_b else 0,
+            **{f"{kind} key": statistics.mean(sizes) if sizes else 0 for kind, sizes in own.items()},
             "deadlines": deadline_bytes / n,
-            "shared_keys": other_shared / n,
+            "shared keys": other_shared / n,
         }
+        assert store.journey_key("x").endswith("{x}:journey")  # the layout scanned for above
         result = {
             "customers": len(customers),
-            "records": len(records),
-            "dead_letters": sink.count,
+            "records": n_records,
+            "dead_letters": dead,
+            "loader_processes": settings.topic_partitions,
             "apply_seconds": round(applied_s, 1),
             "sampled_customers": len(sample),
             "bytes_per_customer_by_kind": per_kind,
             "bytes_per_customer": sum(per_kind.values()),
-            "info_used_memory_delta_per_customer": (used_after - used_before - outbox_bytes) / n,
+            "info_used_memory_delta_per_customer": (used_delta - outbox_bytes) / n,
             "outbox_bytes_not_counted": outbox_bytes,
+            "largest_shared_keys": dict(sorted(shared.items(), key=lambda kv: -kv[1])[:8]),
             "note": "MEMORY USAGE (SAMPLES 0) of a random sample of customers' own keys, plus the deadline sets "
             "and shared keys divided by customers; the alert outbox (drained by the publisher when a worker "
             "runs) is left out. INFO delta: Redis is shared, so other clients' writes land in it too.",
