@@ -111,9 +111,10 @@ def make_model(kind: str = "logistic", *, seed: int = 42) -> base.Classifier:
     Parameters
     ----------
     kind
-        ``"logistic"``: standard scaling then logistic regression trained by SGD (learning
-        rate 0.05: on the planted-signal and Phishing streams it converges faster than river's
-        default 0.01 without becoming noisier). ``"tree"``: a Hoeffding adaptive tree, which
+        ``"logistic"``: standard scaling then logistic regression trained by SGD with river's
+        default learning rate 0.01 (on the simulator's stream with labels at the end of a
+        14-day horizon, 0.05 converged no faster and was over-confident: recent ROC AUC 0.635
+        vs 0.659, log loss 0.371 vs 0.334). ``"tree"``: a Hoeffding adaptive tree, which
         needs no scaling, handles interactions and adapts to drift, but only starts
         splitting after ``grace_period`` (200) examples.
     seed
@@ -131,7 +132,7 @@ def make_model(kind: str = "logistic", *, seed: int = 42) -> base.Classifier:
     ValueError: unknown model kind 'forest'; choose one of: logistic, tree
     """
     if kind == "logistic":
-        return preprocessing.StandardScaler() | linear_model.LogisticRegression(optimizer=optim.SGD(0.05))
+        return preprocessing.StandardScaler() | linear_model.LogisticRegression(optimizer=optim.SGD(0.01))
     if kind == "tree":
         return tree.HoeffdingAdaptiveTreeClassifier(seed=seed)
     raise ValueError(f"unknown model kind {kind!r}; choose one of: {', '.join(MODEL_KINDS)}")
