@@ -583,7 +583,8 @@ class Bench:
 
     def scenario_latency(self) -> dict[str, Any]:
         o = self.options
-        rates = [o.rate, *([o.low_rate] if o.low_rate else [])]
+        # The lighter load first: after a saturated run the worker still works off its alert backlog.
+        rates = [*([o.low_rate] if o.low_rate else []), o.rate]
         sizes = [int(rate * o.latency_seconds) for rate in rates]
         records = self.records("latency", sum(sizes), o.seed + 1)
         space = self.space("latency")
@@ -605,7 +606,7 @@ class Bench:
             )
             runs.append(run)
         p.stop()
-        main = runs[0]
+        main = runs[-1]
         return {
             **{k: main[k] for k in ("offered_events_per_s", "p50_ms", "p99_ms", "saturated")},
             "runs": runs,
@@ -621,9 +622,26 @@ class Bench:
         cpu0 = self.cpu_snapshot([p])
         me0 = resource.getrusage(resource.RUSAGE_SELF)
         started = time.monotonic()
-        sent = asyncio.run(burst_publish(self.base, space.settings.touchpoints_topic, records, rate=rate))
+        progress: list[tuple[float, int]] = []  # (seconds since start, events processed) while publishing
+        done = threading.Event()
+
+        def watch() -> None:
+            while not done.wait(0.25):
+                progress.append((time.monotonic() - started, (p.stats() or {}).get("consumed", 0) - consumed0))
+
+        watcher = threading.Thread(target=watch, name="latency-watch", daemon=True)
+        watcher.start()
+        try:
+            sent = asyncio.run(burst_publish(self.base, space.settings.touchpoints_topic, records, rate=rate))
+        finally:
+            done.set()
+            watcher.join()
         published = time.monotonic()
         me1 = resource.getrusage(resource.RUSAGE_SELF)
+        # Throughput over the last three quarters of the publishing window: below the offered load,
+        # the backlog (and the latency) grows for as long as the load lasts.
+        steady = [(t, n) for t, n in progress if t >= 0.25 * (published - started)]
+        steady_rate = (steady[-1][1] - steady[0][1]) / (steady[-1][0] - steady[0][0]) if len(steady) > 1 else None
         at_publish_end = (p.stats() or {}).get("consumed", 0) - consumed0
         deadline = time.monotonic() + 60 + sent / 500
         while (p.stats() or {}).get("consumed", 0) - consumed0 < sent:
@@ -644,7 +662,8 @@ class Bench:
             "achieved_send_rate": sent / (published - started),
             "applied_during_publish_per_s": at_publish_end / (published - started),
             "catch_up_seconds_after_publish": round(caught_up - published, 3),
-            "saturated": caught_up - published > 1.0,
+            "steady_applied_per_s": steady_rate,
+            "saturated": steady_rate is not None and steady_rate < 0.9 * rate,
             "observed": delta[-1][1] if delta else 0,
             "quantiles_seconds": quantiles,
             "p50_ms": _ms(quantiles["p50"]["value"]),
@@ -1062,7 +1081,9 @@ def table(report: dict[str, Any]) -> str:
                  f"{_num(c['worker'], 3)} / {_num(c['redis'], 3)} / {_num(c['kafka'], 3)}", "")
             )  # fmt: skip
     if "latency" in r:
-        for i, lat in enumerate(r["latency"]["runs"]):
+        main_rate = r["latency"]["offered_events_per_s"]
+        ordered = sorted(r["latency"]["runs"], key=lambda run: run["offered_events_per_s"] != main_rate)
+        for i, lat in enumerate(ordered):
             indent = "  " if i else ""
             rows.append(
                 (f"{indent}latency append→applied at {lat['offered_events_per_s']:,.0f} ev/s offered: p50 / p99",
@@ -1071,8 +1092,8 @@ def table(report: dict[str, Any]) -> str:
             state = "saturated" if lat["saturated"] else "kept up"
             tail = lat["catch_up_seconds_after_publish"]
             rows.append(
-                (f"    applied while publishing ({state}, caught up {tail:.1f}s later)",
-                 _num(lat["applied_during_publish_per_s"], 0, " ev/s"), "")
+                (f"    applied while publishing ({state}; all applied {tail:.1f}s after the last send)",
+                 _num(lat["steady_applied_per_s"], 0, " ev/s"), "")
             )  # fmt: skip
     if "memory" in r:
         mem = r["memory"]
