@@ -292,7 +292,7 @@ class Worker:
                 await asyncio.sleep(_MAX_BACKOFF_S)
             else:
                 if self.scoring_enabled:
-                    await self.score(result, partitions)
+                    await self.score(result)
                 if self.alerts:
                     self.alerts.request(partitions)  # published by the alerts task, off this path
                 self.stats.record(len(records), result)
@@ -302,16 +302,18 @@ class Worker:
                         self.offsets[r.partition] = r.offset
                 return result
 
-    async def score(self, result: BatchResult, partitions: set[int]) -> None:
+    async def score(self, result: BatchResult) -> None:
         """Predict at the batch's scoring points and store the predictions, settling known labels.
 
         Runs after the batch's state is applied, retried on its own: retrying the whole batch
         would find its events already applied and the scoring points gone.
         """
         predictions = self.scorer.predict(result.scoring_points)
-        by_partition: dict[int, list[Any]] = {p: [] for p in partitions}
+        # Partitions with nothing scored or upsold are left to the deadline check, which settles
+        # expired horizons every second: no extra script call per batch for them.
+        by_partition: dict[int, list[Any]] = {p: [] for p in result.upsold}
         for point, prediction in zip(result.scoring_points, predictions, strict=True):
-            by_partition[point.partition].append(prediction)
+            by_partition.setdefault(point.partition, []).append(prediction)
         now_ms = int(time.time() * 1000)
         backoff = 0.1
         for p, batch in sorted(by_partition.items()):
