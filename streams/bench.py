@@ -970,7 +970,8 @@ def _delete_spaces(base: Settings, spaces: Sequence[RunSpace]) -> None:
     admin = KafkaAdminClient(bootstrap_servers=base.bootstrap_servers, request_timeout_ms=30_000)
     try:
         existing = set(admin.list_topics())
-        topics = [
+        apps = tuple(f"{s.settings.app_id}-" for s in spaces)  # Faust's own topics, e.g. <app>-__assignor-__leader
+        topics = [t for t in existing if t.startswith(apps)] + [
             t
             for s in spaces
             for t in (
