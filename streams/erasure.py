@@ -38,7 +38,7 @@ async def erase_customer(store: RedisJourneyStore, customer_id: str, *, requeste
     async with redis.pipeline(transaction=True) as pipe:
         pipe.delete(journey_key, store.seen_key(customer_id))
         for key in deadline_keys:
-            pipe.zrem(key, f"s|{customer_id}", f"d|{customer_id}")
+            pipe.zrem(key, customer_id)
         for key, entries in outbox_entries.items():
             for entry in entries:
                 pipe.lrem(key, 0, entry)

@@ -5,12 +5,15 @@
 -- semantics); a property test on the real Redis checks that both agree.
 --
 -- KEYS[1]  funnel hash    <prefix>:funnel                   stage -> customers currently there
--- KEYS[2]  deadlines zset <prefix>:deadlines:<partition>    member = s|<customer> / d|<customer>, score = due
+-- KEYS[2]  deadlines zset <prefix>:deadlines:<partition>    member = <customer>, score = the earlier of their
+--          stall and drop-off due times (each kept on the customer, fields sdue / ddue)
 -- KEYS[3]  outbox list    <prefix>:outbox:<partition>       alert facts (JSON) waiting to be published
 -- KEYS[4]  gap statistics <prefix>:gaps  (+ ':<event day>')  transition-time histograms, conversions
 -- KEYS[5]  value totals   <prefix>:value                    attributed value, value lost with drop-offs
 -- KEYS[6], KEYS[7], ... per customer: journey hash <prefix>:{<customer>}:journey and
---          dedupe zset <prefix>:{<customer>}:seen (member = event id, score = event time)
+--          dedupe zset <prefix>:{<customer>}:seen (member = the first 16 hex digits of the event id's
+--          SHA-1, 64 bits: shorter than most ids, and a chance below 1e-13 that two of a customer's
+--          ids inside one dedupe window collide; score = event time)
 -- ARGV[1] dedupe window (ms)   ARGV[2] path length
 -- ARGV[3] watermark now (ms): deadlines up to it fire after the events
 -- ARGV[4] critical path "tp=stage,tp=stage,..."   ARGV[5] ms after each until the next one is due "x,y,0"
@@ -103,12 +106,14 @@ local function run_customer(journey, seen, cid, base, n_events)
   local vdays = {}
   for d in string.gmatch(cur[20] or '', '[^,]+') do vdays[tonumber(d)] = true end
   local value_changed = false
-  -- The due times are kept on the customer too ('' = none), so the sorted set is only read for
-  -- state written before they were (and only written when a due time changes).
-  local stall_due, drop_due
-  if cur[21] then stall_due = tonumber(cur[21]) else stall_due = tonumber(redis.call('ZSCORE', deadlines, 's|' .. cid)) end
-  if cur[22] then drop_due = tonumber(cur[22]) else drop_due = tonumber(redis.call('ZSCORE', deadlines, 'd|' .. cid)) end
-  local old_stall_due, old_drop_due = stall_due, drop_due
+  -- The due times are kept on the customer ('' = none); the partition's sorted set holds the earlier
+  -- of the two, and is only written when that changes.
+  local stall_due, drop_due = tonumber(cur[21]), tonumber(cur[22])
+  local function next_due()
+    if stall_due and drop_due then return math.min(stall_due, drop_due) end
+    return stall_due or drop_due
+  end
+  local old_due = next_due()
   local old_stage = stage
 
   -- Per-touchpoint count and last time (hash fields n:<tp>, t:<tp>), read once, written back at the end.
@@ -221,7 +226,7 @@ local function run_customer(journey, seen, cid, base, n_events)
     -- Too old first: its id may already be forgotten, so whether it was seen is unknowable.
     if exists and ts < last - window then
       codes[#codes + 1] = 2
-    elseif exists and (tonumber(redis.call('ZSCORE', seen, eid)) or -1) >= last - window then
+    elseif exists and (tonumber(redis.call('ZSCORE', seen, string.sub(redis.sha1hex(eid), 1, 16))) or -1) >= last - window then
       -- (ids below the horizon are forgotten; they are pruned once, after the loop)
       codes[#codes + 1] = 0
     else
@@ -244,7 +249,7 @@ local function run_customer(journey, seen, cid, base, n_events)
       if ts < first then first = ts end
       if ts > last then last = ts end
       events = events + 1
-      redis.call('ZADD', seen, ts, eid)
+      redis.call('ZADD', seen, ts, string.sub(redis.sha1hex(eid), 1, 16))
       load_tp(tp)
       local tl = tp_t[tp]
       tp_n[tp] = tp_n[tp] + 1
@@ -341,17 +346,15 @@ local function run_customer(journey, seen, cid, base, n_events)
     end
   end
   if not exists then  -- erased, or never there: nothing to wait for
-    redis.call('ZREM', deadlines, 's|' .. cid, 'd|' .. cid)
+    redis.call('ZREM', deadlines, cid)
   else
     put('stall_open', stall_open and cjson.encode(stall_open) or '')
     put('drop_open', drop_open and cjson.encode(drop_open) or '')
     put('sdue', stall_due and fmt(stall_due) or ''); put('ddue', drop_due and fmt(drop_due) or '')
     redis.call('HSET', journey, unpack(out))
-    if stall_due ~= old_stall_due then
-      if stall_due then redis.call('ZADD', deadlines, stall_due, 's|' .. cid) else redis.call('ZREM', deadlines, 's|' .. cid) end
-    end
-    if drop_due ~= old_drop_due then
-      if drop_due then redis.call('ZADD', deadlines, drop_due, 'd|' .. cid) else redis.call('ZREM', deadlines, 'd|' .. cid) end
+    local due = next_due()
+    if due ~= old_due then
+      if due then redis.call('ZADD', deadlines, due, cid) else redis.call('ZREM', deadlines, cid) end
     end
   end
   return codes

@@ -302,7 +302,7 @@ class RedisJourneyStore:
         due = await self.redis.zrangebyscore(self.deadlines_key(partition), "-inf", watermark_ms, start=0, num=limit)
         if not due:
             return 0
-        customers = list(dict.fromkeys(m.decode().partition("|")[2] for m in due))
+        customers = [m.decode() for m in due]
         await self._execute({partition: (watermark_ms, [(cid, 0, []) for cid in customers])})
         return len(customers)
 
@@ -359,16 +359,15 @@ class RedisJourneyStore:
             order_days={d: int(h[f"o:{d}"]) for d in days if f"o:{d}" in h},
         )
 
-    async def get_deadlines(self, customer_id: str, partition: int) -> Deadlines:
+    async def get_deadlines(self, customer_id: str, partition: int) -> Deadlines:  # noqa: ARG002
         """A customer's deadlines and open alerts, in the reference model's terms."""
         h = {
             k.decode(): v.decode()
             for k, v in (await self.redis.hgetall(self.journey_key(customer_id))).items()
-            if k in (b"crit", b"crit_ms", b"stall_open", b"drop_open")
+            if k in (b"crit", b"crit_ms", b"stall_open", b"drop_open", b"sdue", b"ddue")
         }
-        key = self.deadlines_key(partition)
-        stall_due = await self.redis.zscore(key, f"s|{customer_id}")
-        drop_due = await self.redis.zscore(key, f"d|{customer_id}")
+        stall_due = int(h["sdue"]) if h.get("sdue") else None
+        drop_due = int(h["ddue"]) if h.get("ddue") else None
 
         def open_alert(text: str | None) -> OpenAlert | None:
             if not text:
