@@ -89,6 +89,17 @@ local function transition(x, y, tx, ty)
 end
 
 
+-- An open alert as kept on the customer: a JSON array (about half the size of an object)
+-- [touchpoint, anchor ms, expected ms, stage, severity, next touchpoint or ''].
+local function encode_open(o)
+  return cjson.encode({o.touchpoint, o.anchor_ms, o.expected_ms, o.stage, o.severity, o.next_touchpoint or ''})
+end
+local function decode_open(text)
+  local a = cjson.decode(text)
+  return {touchpoint = a[1], anchor_ms = a[2], expected_ms = a[3], stage = a[4], severity = a[5],
+          next_touchpoint = a[6] ~= '' and a[6] or nil}
+end
+
 -- One customer: read their state, apply their events, decide deadlines and alerts, write back.
 local function run_customer(journey, seen, cid, base, n_events)
   local cur = redis.call('HMGET', journey, 'stage', 'rank', 'since', 'first', 'last', 'events', 'channel',
@@ -99,8 +110,8 @@ local function run_customer(journey, seen, cid, base, n_events)
       tonumber(cur[4]), tonumber(cur[5]), tonumber(cur[6])
   local channel, channel_ms, path_text = cur[7], tonumber(cur[8]), cur[9]
   local crit, crit_ms = tonumber(cur[10]), tonumber(cur[11]) or 0
-  local stall_open = (cur[12] and cur[12] ~= '') and cjson.decode(cur[12]) or nil
-  local drop_open = (cur[13] and cur[13] ~= '') and cjson.decode(cur[13]) or nil
+  local stall_open = (cur[12] and cur[12] ~= '') and decode_open(cur[12]) or nil
+  local drop_open = (cur[13] and cur[13] ~= '') and decode_open(cur[13]) or nil
   local orders, gross, refunded = tonumber(cur[14]) or 0, tonumber(cur[15]) or 0, tonumber(cur[16]) or 0
   local fo_ms, fo_c, lo_ms = tonumber(cur[17]), tonumber(cur[18]), tonumber(cur[19])
   local vdays = {}
@@ -320,7 +331,7 @@ local function run_customer(journey, seen, cid, base, n_events)
   if applied > 0 then
     local parts = {}
     for k = 1, #path do parts[#parts + 1] = string.format('%d:%s:%s', path[k][1], path[k][2], path[k][3]) end
-    put('cid', cid); put('stage', stage); put('rank', rank); put('since', fmt(since)); put('first', fmt(first))
+    put('stage', stage); put('rank', rank); put('since', fmt(since)); put('first', fmt(first))
     put('last', fmt(last)); put('events', events); put('path', table.concat(parts, ','))
     if channel then put('channel', channel); put('channel_ms', fmt(channel_ms)) end
     if crit then put('crit', crit); put('crit_ms', fmt(crit_ms)) end
@@ -348,10 +359,15 @@ local function run_customer(journey, seen, cid, base, n_events)
   if not exists then  -- erased, or never there: nothing to wait for
     redis.call('ZREM', deadlines, cid)
   else
-    put('stall_open', stall_open and cjson.encode(stall_open) or '')
-    put('drop_open', drop_open and cjson.encode(drop_open) or '')
-    put('sdue', stall_due and fmt(stall_due) or ''); put('ddue', drop_due and fmt(drop_due) or '')
-    redis.call('HSET', journey, unpack(out))
+    -- open alerts and due times: written when set, deleted when cleared (an absent field costs nothing)
+    local gone = {}
+    for _, f in ipairs({{'stall_open', stall_open and encode_open(stall_open), cur[12]},
+                        {'drop_open', drop_open and encode_open(drop_open), cur[13]},
+                        {'sdue', stall_due and fmt(stall_due), cur[21]}, {'ddue', drop_due and fmt(drop_due), cur[22]}}) do
+      if f[2] then put(f[1], f[2]) elseif f[3] then gone[#gone + 1] = f[1] end
+    end
+    if #out > 0 then redis.call('HSET', journey, unpack(out)) end
+    if #gone > 0 then redis.call('HDEL', journey, unpack(gone)) end
     local due = next_due()
     if due ~= old_due then
       if due then redis.call('ZADD', deadlines, due, cid) else redis.call('ZREM', deadlines, cid) end

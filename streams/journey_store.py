@@ -338,7 +338,7 @@ class RedisJourneyStore:
         path = tuple((int(ts), tp, ch) for ts, tp, ch in (p.split(":", 2) for p in h.get("path", "").split(",") if p))
         days = [int(d) for d in h.get("vdays", "").split(",") if d]
         return JourneyState(
-            customer_id=h.get("cid", customer_id),
+            customer_id=customer_id,
             stage=h["stage"],
             stage_since_ms=int(h["since"]),
             first_seen_ms=int(h["first"]),
@@ -372,15 +372,8 @@ class RedisJourneyStore:
         def open_alert(text: str | None) -> OpenAlert | None:
             if not text:
                 return None
-            d = orjson.loads(text)
-            return OpenAlert(
-                d["touchpoint"],
-                int(d["anchor_ms"]),
-                int(d["expected_ms"]),
-                d["stage"],
-                d["severity"],
-                d.get("next_touchpoint") or None,
-            )
+            tp, anchor_ms, expected_ms, stage, severity, next_tp = orjson.loads(text)  # as the script keeps it
+            return OpenAlert(tp, int(anchor_ms), int(expected_ms), stage, severity, next_tp or None)
 
         return Deadlines(
             crit=int(h["crit"]) - 1 if "crit" in h else None,  # Lua counts from 1
