@@ -66,7 +66,8 @@ for tp in string.gmatch(ARGV[16], '[^,]+') do upsell[tp] = true end
 for tp in string.gmatch(ARGV[17], '[^,]+') do snapshot_tps[#snapshot_tps + 1] = tp end
 local UPSELLS_KEPT = 10
 local stage_by_rank, nstages = {}, 0
-for s in string.gmatch(ARGV[6], '[^,]+') do stage_by_rank[nstages] = s; nstages = nstages + 1 end
+local rank_of = {}  -- a customer's rank is their stage's place in the current map (not stored)
+for s in string.gmatch(ARGV[6], '[^,]+') do stage_by_rank[nstages] = s; rank_of[s] = nstages; nstages = nstages + 1 end
 
 -- Gap statistics, per event-time day: r|tp customers reaching tp for the first time,
 -- c|x>y of them having done x first, t|x>y|b transition times in log buckets (b = floor(4 log2 s)),
@@ -89,6 +90,18 @@ local function transition(x, y, tx, ty)
 end
 
 
+-- Event times in the path are base 36 (8 characters instead of 13; the path is the largest field).
+local DIGITS36 = '0123456789abcdefghijklmnopqrstuvwxyz'
+local function base36(n)
+  local out = ''
+  repeat
+    local d = n % 36
+    out = string.sub(DIGITS36, d + 1, d + 1) .. out
+    n = (n - d) / 36
+  until n == 0
+  return out
+end
+
 -- An open alert as kept on the customer: a JSON array (about half the size of an object)
 -- [touchpoint, anchor ms, expected ms, stage, severity, next touchpoint or ''].
 local function encode_open(o)
@@ -106,7 +119,8 @@ local function run_customer(journey, seen, cid, base, n_events)
                          'channel_ms', 'path', 'crit', 'crit_ms', 'stall_open', 'drop_open', 'orders', 'gross',
                          'refunded', 'fo_ms', 'fo_c', 'lo_ms', 'vdays', 'sdue', 'ddue')
   local exists = cur[1] ~= false
-  local stage, rank, since, first, last, events = cur[1], tonumber(cur[2]), tonumber(cur[3]),
+  -- (cur[2] is unused: the rank is derived from the stage; -1 for a stage no longer in the map)
+  local stage, rank, since, first, last, events = cur[1], rank_of[cur[1]] or -1, tonumber(cur[3]),
       tonumber(cur[4]), tonumber(cur[5]), tonumber(cur[6])
   local channel, channel_ms, path_text = cur[7], tonumber(cur[8]), cur[9]
   local crit, crit_ms = tonumber(cur[10]), tonumber(cur[11]) or 0
@@ -138,7 +152,7 @@ local function run_customer(journey, seen, cid, base, n_events)
 
   local path = {}
   if exists and path_text and path_text ~= '' then
-    for ts, tp, ch in string.gmatch(path_text, '(%d+):([^:,]+):([^,]*)') do path[#path + 1] = {tonumber(ts), tp, ch} end
+    for ts, tp, ch in string.gmatch(path_text, '(%w+):([^:,]+):([^,]*)') do path[#path + 1] = {tonumber(ts, 36), tp, ch} end
   end
   local function sort_path()
     table.sort(path, function(a, b)
@@ -330,8 +344,8 @@ local function run_customer(journey, seen, cid, base, n_events)
   local function put(k, v) out[#out + 1] = k; out[#out + 1] = v end
   if applied > 0 then
     local parts = {}
-    for k = 1, #path do parts[#parts + 1] = string.format('%d:%s:%s', path[k][1], path[k][2], path[k][3]) end
-    put('stage', stage); put('rank', rank); put('since', fmt(since)); put('first', fmt(first))
+    for k = 1, #path do parts[#parts + 1] = base36(path[k][1]) .. ':' .. path[k][2] .. ':' .. path[k][3] end
+    put('stage', stage); put('since', fmt(since)); put('first', fmt(first))
     put('last', fmt(last)); put('events', events); put('path', table.concat(parts, ','))
     if channel then put('channel', channel); put('channel_ms', fmt(channel_ms)) end
     if crit then put('crit', crit); put('crit_ms', fmt(crit_ms)) end

@@ -335,7 +335,9 @@ class RedisJourneyStore:
         h = {k.decode(): v.decode() for k, v in raw.items()}
         counts = {k[2:]: int(v) for k, v in h.items() if k.startswith("n:")}
         lasts = {k[2:]: int(v) for k, v in h.items() if k.startswith("t:")}
-        path = tuple((int(ts), tp, ch) for ts, tp, ch in (p.split(":", 2) for p in h.get("path", "").split(",") if p))
+        # event times in base 36, as the script writes them
+        entries = (p.split(":", 2) for p in h.get("path", "").split(",") if p)
+        path = tuple((int(ts, 36), tp, ch) for ts, tp, ch in entries)
         days = [int(d) for d in h.get("vdays", "").split(",") if d]
         return JourneyState(
             customer_id=customer_id,
