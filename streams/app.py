@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import faust
@@ -179,6 +179,8 @@ class Worker:
             checkpoint_interval_s=settings.model_checkpoint_interval,
             window=settings.model_window,
         )
+        self._learning = asyncio.Lock()
+        self.is_leader: Callable[[], bool] = lambda: False  # the app's leader election, set by create_app
         self.model_report: dict[str, Any] | None = None  # the newest snapshot's report, for the metrics
         self.predictions_pending: int | None = None
         self.metrics = WorkerMetrics(self)  # last: it reads the attributes above when registered
@@ -314,6 +316,12 @@ class Worker:
         Runs after the batch's state is applied, retried on its own: retrying the whole batch
         would find its events already applied and the scoring points gone.
         """
+        if result.scoring_points and self.is_leader():
+            # The leader holds the learner: bring it up to date and score with its live model,
+            # rather than with the last checkpoint (the other workers load checkpoints).
+            await self.learn()
+            if self.learner.snapshot is not None:
+                self.scorer.use(self.learner.snapshot.model, self.learner.snapshot.version)
         predictions = self.scorer.predict(result.scoring_points)
         # Partitions with nothing scored or upsold are left to the deadline check, which settles
         # expired horizons every second: no extra script call per batch for them.
@@ -332,6 +340,12 @@ class Worker:
                     log.warning("storing predictions failed (%s); retrying in %.1fs", exc, backoff)
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, _MAX_BACKOFF_S)
+
+    async def learn(self) -> None:
+        """Learn every labelled example waiting in the stream (leader only; one step at a time)."""
+        async with self._learning:
+            while await self.learner.step() >= self.learner.read_count:
+                await asyncio.sleep(0)  # catching up on a backlog: let the agents run in between
 
     async def refresh_model(self) -> None:
         """Pick up a newer model snapshot for scoring, and the figures the metrics show."""
@@ -363,6 +377,7 @@ def create_app(settings: Settings, journey: JourneyMap | None = None) -> faust.A
     app.web.blueprints._enabled = []
     worker = Worker(settings, journey)
     app.journey_worker = worker  # type: ignore[attr-defined]
+    worker.is_leader = app.is_leader
 
     touchpoints_topic = app.topic(
         settings.touchpoints_topic, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
@@ -430,8 +445,7 @@ def create_app(settings: Settings, journey: JourneyMap | None = None) -> faust.A
         if not worker.scoring_enabled:
             return
         try:
-            while await worker.learner.step() >= worker.learner.read_count:
-                await asyncio.sleep(0)  # catching up on a backlog: let the agents run in between
+            await worker.learn()
         except _RETRYABLE as exc:
             worker.stats.redis_errors += 1
             log.warning("propensity learning paused, Redis unavailable: %s", exc)

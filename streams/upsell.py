@@ -54,6 +54,10 @@ class Scorer:
         self.stages = journey.stages
         self.touchpoints = feature_touchpoints(journey)
 
+    def use(self, model: Any, version: int) -> None:
+        """Score with this model (the leader's live one)."""
+        self.model, self.version = model, version
+
     async def refresh(self) -> bool:
         """Load the newest snapshot if it is newer than ours; keep ours if it is refused."""
         version = await self.store.version()

@@ -212,18 +212,25 @@ def test_snapshots_resume_without_relearning_and_refuse_tampering(redis_url: str
 # ---- the planted signal ------------------------------------------------------------------------
 
 
-def _learn_from_simulation(worker_factory, *, upsell_signal: bool) -> dict:
+def _learn_from_simulation(worker_factory, tmp_path, *, upsell_signal: bool) -> dict:
+    # Scored after onboarding only: without the planted rule every onboarded customer upgrades
+    # with the same 15 %, so there is truly nothing to learn (after a purchase there would be:
+    # customers who never onboard cannot upgrade).
+    journey = tmp_path / f"journey-{upsell_signal}.yaml"
+    journey.write_text(DEFAULT_MAP.read_text().replace(
+        "score_after: [purchase, onboarding_complete]", "score_after: [onboarding_complete]"))
     w = worker_factory(
+        JOURNEY_MAP=str(journey),
         # Scorers use a model at most about a second old, as they would on a live stream; a faster
         # backlog replay would have most scoring points predicted by a model that had not caught up.
         JOURNEY_MODEL_CHECKPOINT_INTERVAL="0.5s",
         JOURNEY_MODEL_RELOAD_INTERVAL="0.5s",
-        JOURNEY_MODEL_WINDOW="2000",
+        JOURNEY_MODEL_WINDOW="1500",
         JOURNEY_IDLE_TIMEOUT="3s",  # once drained, the watermark follows the clock: horizons end
         JOURNEY_DEDUPE_WINDOW="400d",
     )
     w.start()
-    _, records = simulate(12_000, seed=2024, now_ms=int(time.time() * 1000), days=60, upsell_signal=upsell_signal)
+    _, records = simulate(30_000, seed=2024, now_ms=int(time.time() * 1000), days=60, upsell_signal=upsell_signal)
     sent = publish(records, bootstrap_servers=w.settings.bootstrap_servers, topic=w.settings.touchpoints_topic,
                    rate=0, progress=False)
     wait_for(lambda: w.get("/worker/stats")[1]["consumed"] >= sent.sent, 240, "the simulation to be consumed")
@@ -232,20 +239,20 @@ def _learn_from_simulation(worker_factory, *, upsell_signal: bool) -> dict:
         _, model = w.get("/model")
         last = getattr(settled, "last", None)
         settled.last = model["examples_learned"]  # type: ignore[attr-defined]
-        return model if model["examples_learned"] > 1000 and model["examples_learned"] == last else None
+        return model if model["examples_learned"] > 2000 and model["examples_learned"] == last else None
 
     model = wait_for(settled, 120, "the learner to catch up")
     w.stop()
     return model
 
 
-def test_the_model_finds_the_planted_upsell_signal_and_nothing_without_it(worker_factory):
-    with_signal = _learn_from_simulation(worker_factory, upsell_signal=True)
-    without = _learn_from_simulation(worker_factory, upsell_signal=False)
+def test_the_model_finds_the_planted_upsell_signal_and_nothing_without_it(worker_factory, tmp_path):
+    with_signal = _learn_from_simulation(worker_factory, tmp_path, upsell_signal=True)
+    without = _learn_from_simulation(worker_factory, tmp_path, upsell_signal=False)
     for name, m in (("planted signal", with_signal), ("no signal", without)):
         print(name, {k: m[k] for k in ("examples_learned", "roc_auc", "log_loss")}, "recent", m["recent"])
-    # Without the rule a little signal remains (a customer who never onboards cannot upgrade),
-    # and the scores come from a model a few seconds behind a fast replay: bounds with a margin.
+    # Measured here: 0.61 and 0.51 over the last 1,500 labels (seeded data; the batch timing of the
+    # replay moves them by about ±0.02). A model that knew the rule exactly would score about 0.70.
     assert with_signal["recent"]["roc_auc"] > 0.57
-    assert abs(without["recent"]["roc_auc"] - 0.5) < 0.07
+    assert abs(without["recent"]["roc_auc"] - 0.5) < 0.06
     assert with_signal["recent"]["roc_auc"] - without["recent"]["roc_auc"] > 0.05
