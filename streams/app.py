@@ -319,7 +319,12 @@ class Worker:
         if result.scoring_points and self.is_leader():
             # The leader holds the learner: bring it up to date and score with its live model,
             # rather than with the last checkpoint (the other workers load checkpoints).
-            await self.learn()
+            try:
+                await self.learn()
+            except (*_RETRYABLE, RedisError) as exc:  # score with the model as it is; the timer learns later
+                self.stats.redis_errors += 1
+                log.warning("learning before scoring failed (%s); scoring with model version %d", exc,
+                            self.scorer.version)
             if self.learner.snapshot is not None:
                 self.scorer.use(self.learner.snapshot.model, self.learner.snapshot.version)
         predictions = self.scorer.predict(result.scoring_points)
