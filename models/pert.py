@@ -433,9 +433,15 @@ class PertNetwork:
             leaving = self._out[u]
             latest[u] = min(latest[a.target] - a.expected for a in leaving) if leaving else end
 
+        # Critical = the longest path through it is (nearly) as long as the longest path. Judged at
+        # the scale of the whole journey, like the paths themselves: a slack of 2e-4 s on a
+        # 2-day path is rounding, not a second-best route.
+        def on_longest(earliest_finish: float, latest_finish: float) -> bool:
+            return _close(earliest_finish + (end - latest_finish), end)
+
         timings: dict[str, NodeTiming] = {}
         for n in order:
-            critical = _close(latest[n], earliest[n])
+            critical = on_longest(earliest[n], latest[n])
             # Snap near-zero slack to exactly zero so "critical" and "slack == 0" agree.
             lf = earliest[n] if critical else latest[n]
             timings[n] = NodeTiming(n, earliest[n], lf, lf - earliest[n], variance[n], critical)
@@ -446,7 +452,7 @@ class PertNetwork:
             es = earliest[a.source]
             lf = latest[a.target]
             ls = lf - a.expected
-            critical = _close(ls, es)
+            critical = on_longest(es + a.expected, lf)
             if critical:
                 ls, lf = es, es + a.expected
             acts_t.append(ActivityTiming(a, es, es + a.expected, ls, lf, ls - es, critical))

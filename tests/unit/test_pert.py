@@ -476,3 +476,17 @@ def test_critical_path_is_the_smallest_longest_path_by_name_and_carries_the_vari
     path, timings = net.critical_path(), net.node_timings()
     for k, node in enumerate(path):
         assert close(timings[node].variance, sum(var[u, v] for u, v in zip(path[:k], path[1 : k + 1], strict=False)))
+
+
+def test_a_slack_that_is_rounding_at_the_journeys_scale_is_critical():
+    # Found by hypothesis: the two branches differ by 2e-4 s over 46 hours, which the sinks'
+    # comparison called equal while the activity's slack (compared with 0) did not.
+    net = PertNetwork.build([
+        Activity("t00", "t01", 0.0, 140865.0, 436541.0),
+        Activity("t00", "t02", 140864.001, 140865.0, 295677.0),
+    ])
+    timing = {(t.activity.source, t.activity.target): t for t in net.activity_timings()}
+    path = net.critical_path()
+    for u, v in zip(path, path[1:], strict=False):
+        assert timing[u, v].critical and timing[u, v].slack == 0
+    assert all(t.critical for t in net.node_timings().values())
