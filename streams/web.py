@@ -255,8 +255,9 @@ def register_views(app: faust.App, worker: Worker) -> None:
                     "checkpointed_at": None,
                     "history": [],
                 }
-            keys = [k async for k in worker.redis.scan_iter(match=f"{worker.propensity.prefix}:predictions:*")]
-            pending = sum([await worker.redis.zcard(k) for k in keys])
+            # every partition of the topic (this worker's and the others'), without scanning the keyspace
+            partitions = range(max([worker.settings.topic_partitions - 1, *worker.watermarks.partitions]) + 1)
+            pending = await worker.propensity.pending(list(partitions))
             spec = worker.journey.propensity
             return self.json(
                 {
