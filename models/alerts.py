@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from models.durations import format_duration
+from models.durations import format_duration, iso
 
 
 class AlertType(StrEnum):
@@ -65,11 +64,6 @@ def alert_id(facts: AlertFacts) -> str:
     return f"{facts.type}-{hashlib.sha256(key.encode()).hexdigest()[:24]}"
 
 
-def iso(ms: int) -> str:
-    """Epoch ms as ISO-8601 UTC with a ``Z``."""
-    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 def reason(facts: AlertFacts) -> str:
     """One human sentence saying why.
 
@@ -99,8 +93,12 @@ def reason(facts: AlertFacts) -> str:
     )
 
 
-def render(facts: AlertFacts, *, emitted_at_ms: int, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The alert message (JSON Schema: ``models/schemas/alert.schema.json``)."""
+def render(facts: AlertFacts, *, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The alert message (JSON Schema: ``models/schemas/alert.schema.json``), without ``emitted_at``.
+
+    Everything in it is decided in event time, so a replay renders the same body; only the
+    wall-clock ``emitted_at`` is added when it is published (:func:`stamp`).
+    """
     body: dict[str, Any] = {
         "alert_id": alert_id(facts),
         "type": facts.type.value,
@@ -113,7 +111,6 @@ def render(facts: AlertFacts, *, emitted_at_ms: int, extra: dict[str, Any] | Non
         "elapsed_seconds": max(0, facts.at_ms - facts.anchor_ms) / 1000,
         "severity": "info" if facts.status is AlertStatus.RESOLVED else facts.severity,
         "event_time": iso(facts.at_ms if facts.status is AlertStatus.RESOLVED else facts.anchor_ms + facts.expected_ms),
-        "emitted_at": iso(emitted_at_ms),
         "reason": reason(facts),
     }
     if facts.type is AlertType.UPSELL_OPPORTUNITY:
@@ -123,3 +120,14 @@ def render(facts: AlertFacts, *, emitted_at_ms: int, extra: dict[str, Any] | Non
     if extra:
         body.update(extra)
     return body
+
+
+def stamp(body: bytes, emitted_at_ms: int) -> bytes:
+    """Add ``emitted_at`` to a rendered JSON object (bytes) as its last field, without re-encoding it.
+
+    Examples
+    --------
+    >>> stamp(b'{"type":"drop_off"}', 0)
+    b'{"type":"drop_off","emitted_at":"1970-01-01T00:00:00.000Z"}'
+    """
+    return body[:-1] + b',"emitted_at":"' + iso(emitted_at_ms).encode() + b'"}'

@@ -21,6 +21,7 @@ and versioned elsewhere.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -667,3 +668,93 @@ def _minimize(objective, start: NDArray[np.float64]) -> tuple[NDArray[np.float64
         theta, success = result.x, bool(result.success)
     at_bound = bool(np.any(np.abs(theta) > _LOG_BOUND - 1e-3))
     return np.asarray(theta, dtype=np.float64), success and not at_bound
+
+
+# --------------------------------------------------------------------------- customers in the stream
+
+DAY_MS = 86_400_000
+
+
+@dataclass(frozen=True, slots=True)
+class ClvModel:
+    """A fitted, versioned model as the stream uses it: ``as_of_ms`` is the (event) time it was fitted as of."""
+
+    fit: FitResult
+    version: int
+    as_of_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class OrderSummary:
+    """What the fit needs of one customer: their order count, first and last order time (epoch
+    ms), gross order value and first order value (cents). Kept per customer by the stream."""
+
+    orders: int
+    first_ms: int
+    last_ms: int
+    gross_cents: int
+    first_cents: int
+
+
+def rfm(summaries: Sequence[OrderSummary], as_of_ms: int) -> tuple[NDArray[np.float64], ...]:
+    """The ``(x, t_x, T, m)`` arrays (days, currency units) of these customers as of ``as_of_ms``.
+
+    ``as_of_ms`` is the stream's time (its watermark, or an explicit date), never the wall
+    clock, so a backfilled history gives the figures it would have given live. Customers
+    whose first order is after ``as_of_ms`` are left out.
+
+    Examples
+    --------
+    >>> s = [OrderSummary(3, 0, 10 * DAY_MS, 9_000, 1_000), OrderSummary(1, 5 * DAY_MS, 5 * DAY_MS, 500, 500)]
+    >>> x, t_x, T, m = rfm(s, as_of_ms=30 * DAY_MS)
+    >>> x.tolist(), t_x.tolist(), T.tolist(), m.tolist()
+    ([2.0, 0.0], [10.0, 0.0], [30.0, 25.0], [40.0, 0.0])
+    """
+    rows = [s for s in summaries if s.orders > 0 and s.first_ms <= as_of_ms]
+    if not rows:
+        return tuple(np.zeros(0) for _ in range(4))
+    a = np.array([(s.orders, s.first_ms, s.last_ms, s.gross_cents, s.first_cents) for s in rows], dtype=np.float64)
+    x = a[:, 0] - 1
+    first, last = a[:, 1], a[:, 2]
+    t_x = (last - first) / DAY_MS
+    T = np.maximum((as_of_ms - first) / DAY_MS, t_x)
+    m = np.where(x > 0, (a[:, 3] - a[:, 4]) / 100 / np.maximum(x, 1), 0.0)
+    return x, t_x, T, np.maximum(m, 0.0)
+
+
+def customer_figures(
+    summary: OrderSummary | None,
+    fit: FitResult | None,
+    *,
+    as_of_ms: int,
+    horizon_days: float,
+    margin: float,
+    annual_discount_rate: float,
+) -> dict[str, float | None]:
+    """One customer's predictive figures as of ``as_of_ms`` (None where there is no model or order).
+
+    Examples
+    --------
+    >>> bg = BGNBDParams(r=0.243, alpha=4.414 * 7, a=0.793, b=2.426)
+    >>> fitted = FitResult(bg, GammaGammaParams(p=6.25, q=3.74, v=15.44), 2357, 946, -9582.4, -4000.0, True)
+    >>> s = OrderSummary(5, 0, 200 * DAY_MS, 30_000, 6_000)
+    >>> customer_figures(s, fitted, as_of_ms=270 * DAY_MS, horizon_days=365, margin=0.3, annual_discount_rate=0.1)
+    {'expected_purchases': 2.7287, 'p_alive': 0.6899, 'expected_order_value': 57.55, 'predicted_clv': 44.93}
+    """
+    empty: dict[str, float | None] = dict.fromkeys(
+        ("expected_purchases", "p_alive", "expected_order_value", "predicted_clv")
+    )
+    if fit is None or summary is None or summary.orders < 1:
+        return empty
+    x = summary.orders - 1
+    t_x = (summary.last_ms - summary.first_ms) / DAY_MS
+    T = max((as_of_ms - summary.first_ms) / DAY_MS, t_x)
+    m = max((summary.gross_cents - summary.first_cents) / 100 / x, 0.0) if x else 0.0
+    p = predict(fit, x=x, t_x=t_x, T=T, m=m, horizon_days=horizon_days, margin=margin,
+                annual_discount_rate=annual_discount_rate)
+    return {
+        "expected_purchases": round(p.expected_purchases, 4),
+        "p_alive": round(p.p_alive, 4),
+        "expected_order_value": round(p.expected_value, 2),
+        "predicted_clv": round(p.predicted_clv, 2),
+    }

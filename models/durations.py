@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime, timedelta
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
@@ -87,3 +88,17 @@ def format_duration(seconds: float) -> str:
         if len(out) == 2:
             break
     return "".join(out) or "0s"
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def iso(ms: int) -> str:
+    """Epoch milliseconds as ISO-8601 UTC with a ``Z`` (any date, before 1970 too).
+
+    Examples
+    --------
+    >>> iso(0), iso(762523200123)
+    ('1970-01-01T00:00:00.000Z', '1994-03-01T12:00:00.123Z')
+    """
+    return (_EPOCH + timedelta(milliseconds=ms)).isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -11,8 +11,9 @@ from typing import Any
 import orjson
 
 MAX_ID_LENGTH = 256
-# Epoch milliseconds outside (2000-01-01, 2200-01-01) are almost surely seconds or micros.
-_MIN_EPOCH_MS = 946_684_800_000
+# Event times from 1970-01-01 (history from any date can be replayed) to 2200-01-01 (beyond
+# that, epoch milliseconds are almost surely microseconds). The lower bound is configurable.
+MIN_EVENT_MS = 0
 _MAX_EPOCH_MS = 7_258_118_400_000
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
@@ -33,6 +34,9 @@ class Reason(StrEnum):
     TIMESTAMP_IN_FUTURE = "timestamp_in_future"
     TOO_LATE = "too_late"
     CURRENCY_MISMATCH = "currency_mismatch"
+    VALUE_OUT_OF_RANGE = "value_out_of_range"
+    ERASED_CUSTOMER = "erased_customer"
+    INTERNAL_ERROR = "internal_error"
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +68,7 @@ def decode_event(
     now_ms: int,
     max_payload_bytes: int = 16_384,
     max_future_ms: int = 300_000,
+    min_event_ms: int = MIN_EVENT_MS,
 ) -> TouchpointEvent | Invalid:
     """Decode and validate one message value.
 
@@ -79,6 +84,8 @@ def decode_event(
         Larger payloads are rejected before decoding.
     max_future_ms
         How far ahead of ``now_ms`` an event time may be (clock skew allowance).
+    min_event_ms
+        The earliest event time accepted (epoch ms; 1970-01-01 by default).
 
     Returns
     -------
@@ -116,7 +123,7 @@ def decode_event(
     if touchpoint not in touchpoints:
         return Invalid(Reason.UNKNOWN_TOUCHPOINT, f"unknown touchpoint {touchpoint!r}")
 
-    ts_ms = parse_timestamp(doc["timestamp"])
+    ts_ms = parse_timestamp(doc["timestamp"], min_ms=min_event_ms)
     if isinstance(ts_ms, Invalid):
         return ts_ms
     if ts_ms > now_ms + max_future_ms:
@@ -160,8 +167,9 @@ def customer_id_problem(customer_id: str) -> str | None:
     return None
 
 
-def parse_timestamp(value: object) -> int | Invalid:
-    """Event time as epoch milliseconds, from ISO-8601 with a zone or epoch milliseconds.
+def parse_timestamp(value: object, *, min_ms: int = MIN_EVENT_MS) -> int | Invalid:
+    """Event time as epoch milliseconds, from ISO-8601 with a zone or epoch milliseconds,
+    between ``min_ms`` and 2200-01-01.
 
     Examples
     --------
@@ -169,16 +177,19 @@ def parse_timestamp(value: object) -> int | Invalid:
     1767225600000
     >>> parse_timestamp(1767225600000)
     1767225600000
+    >>> parse_timestamp("1994-03-01T12:00:00Z")   # history from before 2000 is fine
+    762523200000
     >>> parse_timestamp("2026-01-01T00:00:00").reason
+    <Reason.INVALID_TIMESTAMP: 'invalid_timestamp'>
+    >>> parse_timestamp(-1).reason
     <Reason.INVALID_TIMESTAMP: 'invalid_timestamp'>
     """
     if isinstance(value, bool):
         return Invalid(Reason.WRONG_TYPE, "timestamp must be an ISO-8601 string or epoch milliseconds")
     if isinstance(value, int | float):
-        ms = int(value)
-        if not _MIN_EPOCH_MS <= ms <= _MAX_EPOCH_MS:
+        if not min_ms <= value <= _MAX_EPOCH_MS:  # (NaN fails this too)
             return Invalid(Reason.INVALID_TIMESTAMP, f"epoch milliseconds out of range: {value}")
-        return ms
+        return int(value)
     if not isinstance(value, str):
         return Invalid(Reason.WRONG_TYPE, "timestamp must be an ISO-8601 string or epoch milliseconds")
     try:
@@ -188,6 +199,6 @@ def parse_timestamp(value: object) -> int | Invalid:
     if parsed.tzinfo is None:
         return Invalid(Reason.INVALID_TIMESTAMP, f"timestamp has no time zone: {value[:64]!r}")
     ms = (parsed - _EPOCH) // _MS  # exact integer arithmetic, no float rounding
-    if not _MIN_EPOCH_MS <= ms <= _MAX_EPOCH_MS:
+    if not min_ms <= ms <= _MAX_EPOCH_MS:
         return Invalid(Reason.INVALID_TIMESTAMP, f"timestamp out of range: {value[:64]!r}")
     return ms

@@ -8,10 +8,72 @@ percentile read from them is within ±9 %), and drop-off alerts per stage.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
+from models.journey import DAY_MS, JourneyState
 from models.journey_map import JourneyMap
+
+
+def duration_bucket(seconds: float) -> int:
+    """The histogram bucket of a transition time: ``floor(4 log2 s)``, at least 1 s.
+
+    Examples
+    --------
+    >>> duration_bucket(1), duration_bucket(60), duration_bucket(0.2)
+    (0, 23, 0)
+    """
+    return math.floor(4 * math.log2(max(1.0, seconds)))
+
+
+def event_increments(
+    state: JourneyState, touchpoint: str, ts_ms: int, journey: JourneyMap, *, rank_before: int
+) -> list[tuple[int, str]]:
+    """The gap counters one applied event adds, as ``(event-time day, field)`` pairs.
+
+    ``state`` is the customer's state right after the event and ``rank_before`` their stage's
+    rank before it (-1 for a new customer). Counted: ``r|tp`` the first time a customer does a
+    touchpoint; ``c|x>y`` and ``t|x>y|bucket`` for a flow activity when its target is done for
+    the first time after its source (or a late source arrives before a target done once);
+    ``s|stage`` for every stage reached for the first time. Each lands on the event-time day
+    of the moment it describes.
+
+    Examples
+    --------
+    >>> from models.journey_map import parse_journey_map
+    >>> jm = parse_journey_map({"stages": ["a", "b"], "touchpoints": {"x": {"stage": "a"}, "y": {"stage": "b"}},
+    ...     "flow": [{"from": "x", "to": "y", "optimistic": "1m", "likely": "2m", "pessimistic": "3m"}]})
+    >>> st = JourneyState("c1", "b", 60_000, 0, 60_000, 2, touchpoints={"x": 1, "y": 1},
+    ...                   touchpoint_last_ms={"x": 0, "y": 60_000})
+    >>> event_increments(st, "y", 60_000, jm, rank_before=0)
+    [(0, 's|b'), (0, 'r|y'), (0, 'c|x>y'), (0, 't|x>y|23')]
+    """
+    out: list[tuple[int, str]] = []
+    day = ts_ms // DAY_MS
+    rank = journey.rank_of(state.stage)
+    for r in range(rank_before + 1, rank + 1):
+        out.append((day, f"s|{journey.stages[r]}"))
+    if state.touchpoints.get(touchpoint) != 1:
+        return out
+    out.append((day, f"r|{touchpoint}"))
+    last = state.touchpoint_last_ms
+    # the first time this touchpoint: it converts from the steps done before it...
+    for x in journey.flow_sources.get(touchpoint, ()):
+        tx = last.get(x)
+        if tx is not None and tx <= ts_ms:
+            out += _transition(x, touchpoint, tx, ts_ms)
+    # ... and a late first step converts to the steps already done (once) after it
+    for y in journey.flow_targets.get(touchpoint, ()):
+        ty = last.get(y)
+        if ty is not None and ty >= ts_ms and state.touchpoints.get(y) == 1:
+            out += _transition(touchpoint, y, ts_ms, ty)
+    return out
+
+
+def _transition(x: str, y: str, tx: int, ty: int) -> list[tuple[int, str]]:
+    day = ty // DAY_MS
+    return [(day, f"c|{x}>{y}"), (day, f"t|{x}>{y}|{duration_bucket((ty - tx) / 1000)}")]
 
 
 def bucket_seconds(bucket: int) -> float:

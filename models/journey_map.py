@@ -88,6 +88,9 @@ class JourneyMap:
     critical_index: Mapping[str, int] = field(init=False, repr=False, compare=False)
     stall_after_ms: tuple[int, ...] = field(init=False, compare=False)
     max_silence_ms: Mapping[str, int | None] = field(init=False, repr=False, compare=False)
+    # the flow's activities around each touchpoint (empty for touchpoints outside the flow)
+    flow_sources: Mapping[str, tuple[str, ...]] = field(init=False, repr=False, compare=False)
+    flow_targets: Mapping[str, tuple[str, ...]] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         def setattr_(name: str, value: object) -> None:
@@ -102,6 +105,9 @@ class JourneyMap:
         setattr_("critical_path", path)
         setattr_("critical_index", {tp: i for i, tp in enumerate(path)})
         setattr_("stall_after_ms", tuple(after))
+        nodes = set(self.flow.nodes) if self.flow else set()
+        setattr_("flow_sources", {n: self.flow.predecessors(n) for n in nodes} if self.flow else {})
+        setattr_("flow_targets", {n: self.flow.successors(n) for n in nodes} if self.flow else {})
         setattr_(
             "max_silence_ms",
             {s: (round(v * 1000) if v else None) for s in self.stages for v in [self.max_silence_s.get(s)]},
@@ -113,6 +119,11 @@ class JourneyMap:
     def rank(self, stage: str) -> int:
         """Position of a stage in the journey, 0 for the first."""
         return self._rank[stage]
+
+    def rank_of(self, stage: str) -> int:
+        """:meth:`rank`, or -1 for a stage this map does not have (removed by a map reload):
+        a customer kept in such a stage moves to the stage of their next event."""
+        return self._rank.get(stage, -1)
 
 
 def parse_journey_map(doc: object) -> JourneyMap:

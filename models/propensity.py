@@ -19,6 +19,7 @@ clock here, so a replay gives the same scores, labels and metrics.
 
 from __future__ import annotations
 
+import bisect
 import heapq
 from collections import deque
 from collections.abc import Mapping, Sequence
@@ -28,7 +29,7 @@ from typing import Any
 
 from river import base, linear_model, metrics, optim, preprocessing, tree
 
-from models.journey import JourneyState
+from models.journey import JourneyState, PendingPrediction
 
 DAY_MS = 86_400_000
 MODEL_KINDS = ("logistic", "tree")
@@ -424,3 +425,120 @@ class DelayedLearner:
         test_then_train(self.model, self.validator, pending.features, y, pending.proba, pending.predicted)
         self._learned += 1
         self._version += 1
+
+
+# ---- The stream's rules: predictions kept on the customer, labels, the upsell alert ----
+
+UPSELLS_KEPT = 10
+
+
+@dataclass(frozen=True, slots=True)
+class Example:
+    """A settled prediction: its label and what the model said, ready for test-then-train.
+
+    ``label_ms`` is when (event time) the label became known: the end of the horizon, or the
+    upsell itself when positives are handed over early. The learner learns examples in
+    ``(label_ms, partition, order within the partition)`` order. No customer id is kept.
+    """
+
+    label_ms: int
+    scored_ms: int
+    y: bool
+    proba: float | None
+    predicted: bool | None
+    model_version: int
+    features: Mapping[str, float]
+
+
+def add_prediction(state: JourneyState, prediction: PendingPrediction) -> bool:
+    """Keep a prediction on the customer until its label is known, and make it their latest score.
+
+    Returns False (and keeps nothing) if one was already made at that scoring point.
+    """
+    if any(p.scored_ms == prediction.scored_ms for p in state.predictions):
+        return False
+    state.predictions.append(prediction)
+    state.predictions.sort(key=lambda p: p.scored_ms)
+    if state.score is None or prediction.scored_ms >= state.score[1]:
+        state.score = (prediction.proba, prediction.scored_ms, prediction.model_version)
+    return True
+
+
+def raises_upsell_alert(
+    state: JourneyState, prediction: PendingPrediction, *, threshold: float, horizon_ms: int, min_examples: int
+) -> bool:
+    """The ``upsell_opportunity`` rule: a score at or above ``threshold``, from a model that has
+    learned at least ``min_examples`` examples (an untrained model's 0.5 would alert on
+    everyone), at most once per customer per horizon. Marks the alert on the customer.
+
+    Examples
+    --------
+    >>> st = JourneyState("c1", "purchase", 0, 0, 0)
+    >>> p = PendingPrediction(1000, "purchase", 0.8, True, 600, {})
+    >>> raises_upsell_alert(st, p, threshold=0.3, horizon_ms=100, min_examples=500)
+    True
+    >>> raises_upsell_alert(st, PendingPrediction(1050, "purchase", 0.9, True, 601, {}),
+    ...                     threshold=0.3, horizon_ms=100, min_examples=500)   # within the horizon
+    False
+    """
+    if prediction.proba is None or prediction.proba < threshold or prediction.model_version < min_examples:
+        return False
+    last = state.upsell_alert_ms
+    if last is not None and abs(prediction.scored_ms - last) < horizon_ms:
+        return False
+    state.upsell_alert_ms = prediction.scored_ms
+    return True
+
+
+def record_upsell(state: JourneyState, ts_ms: int) -> None:
+    """Remember an upsell's time (the newest ``UPSELLS_KEPT``): labels are decided from them."""
+    bisect.insort(state.upsells, ts_ms)
+    del state.upsells[:-UPSELLS_KEPT]
+
+
+def took_upsell(upsells: Sequence[int], scored_ms: int, horizon_ms: int) -> bool:
+    """Whether an upsell happened in ``[scored_ms, scored_ms + horizon_ms)``."""
+    i = bisect.bisect_left(upsells, scored_ms)
+    return i < len(upsells) and upsells[i] < scored_ms + horizon_ms
+
+
+def next_label(state: JourneyState, horizon_ms: int) -> int | None:
+    """The earliest watermark at which one of the customer's predictions is settled negative or
+    positive at the end of its horizon (None: nothing pending)."""
+    return state.predictions[0].scored_ms + horizon_ms if state.predictions else None
+
+
+def settle(
+    state: JourneyState, watermark_ms: int, horizon_ms: int, *, upsell_at: int | None = None
+) -> list[Example]:
+    """Settle the customer's predictions whose label is known (in place), in scoring order.
+
+    Every prediction whose horizon the watermark has reached is settled: positive if an upsell
+    happened within it, else negative. With ``upsell_at`` (positives handed over as soon as
+    they happen), the predictions whose horizon contains that upsell are settled positive now.
+
+    Examples
+    --------
+    >>> st = JourneyState("c1", "retention", 0, 0, 0)
+    >>> _ = add_prediction(st, PendingPrediction(0, "purchase", 0.2, False, 7, {"x": 1.0}))
+    >>> _ = add_prediction(st, PendingPrediction(50, "purchase", 0.6, True, 8, {"x": 2.0}))
+    >>> record_upsell(st, 120)
+    >>> [(e.scored_ms, e.y, e.label_ms) for e in settle(st, watermark_ms=100, horizon_ms=100)]
+    [(0, False, 100)]
+    >>> [(e.scored_ms, e.y, e.label_ms) for e in settle(st, watermark_ms=100, horizon_ms=100, upsell_at=120)]
+    [(50, True, 120)]
+    """
+    out: list[Example] = []
+    kept: list[PendingPrediction] = []
+    for p in state.predictions:
+        due = p.scored_ms + horizon_ms
+        if due <= watermark_ms:
+            label_ms, y = due, took_upsell(state.upsells, p.scored_ms, horizon_ms)
+        elif upsell_at is not None and p.scored_ms <= upsell_at < due:
+            label_ms, y = upsell_at, True
+        else:
+            kept.append(p)
+            continue
+        out.append(Example(label_ms, p.scored_ms, y, p.proba, p.predicted, p.model_version, p.features))
+    state.predictions = kept
+    return out

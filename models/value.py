@@ -2,25 +2,40 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Container, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
+from models.clv import ClvModel, OrderSummary, customer_figures
+from models.durations import iso
 from models.events import Invalid, Reason, TouchpointEvent
+from models.journey import JourneyState
 from models.journey_map import JourneyMap
 from models.rolling import window_sum
 
 ATTRIBUTION_MODELS = ("first_touch", "last_touch", "linear", "time_decay")
 
 
+DEFAULT_MAX_VALUE = 10_000_000.0
+MILLI = 1000  # attributed value is kept in thousandths of a cent: integer sums, exact in any order
+
+
 def check_money(
-    event: TouchpointEvent, role: str | None, *, currency: str, rates: Mapping[str, float]
+    event: TouchpointEvent,
+    role: str | None,
+    *,
+    currency: str,
+    rates: Mapping[str, float],
+    max_value: float = DEFAULT_MAX_VALUE,
 ) -> TouchpointEvent | Invalid:
-    """Make an event's value comparable: in the configured currency, present where it matters.
+    """Make an event's value comparable: in the configured currency, present where it matters,
+    and small enough that no total can overflow.
 
     ``role`` is the touchpoint's value role in the journey map (``order``, ``refund`` or None).
     A value in another currency is converted with ``rates`` (units of ``currency`` per unit of
     the event's currency); without a rate the event is refused rather than mixing currencies.
+    A value above ``max_value`` (in either currency) is refused as ``value_out_of_range``: it is
+    almost surely a bug upstream, and every sum stays exact in 64-bit integers.
 
     Examples
     --------
@@ -32,7 +47,11 @@ def check_money(
     """
     if role is not None and event.value is None:
         return Invalid(Reason.MISSING_FIELD, f"a {event.touchpoint} ({role}) needs a value")
-    if event.value is None or event.currency is None or event.currency == currency:
+    if event.value is None:
+        return event
+    if not event.value <= max_value:
+        return Invalid(Reason.VALUE_OUT_OF_RANGE, f"value {event.value!r} is above the maximum {max_value:g}")
+    if event.currency is None or event.currency == currency:
         return event
     rate = rates.get(event.currency)
     if rate is None:
@@ -40,7 +59,12 @@ def check_money(
             Reason.CURRENCY_MISMATCH,
             f"value in {event.currency}, the configured currency is {currency} and no rate is set for {event.currency}",
         )
-    return replace(event, value=round(event.value * rate, 6), currency=currency)
+    converted = round(event.value * rate, 6)
+    if not converted <= max_value:
+        return Invalid(
+            Reason.VALUE_OUT_OF_RANGE, f"value {converted!r} {currency} (converted) is above the maximum {max_value:g}"
+        )
+    return replace(event, value=converted, currency=currency)
 
 
 def attribute(
@@ -111,14 +135,92 @@ def rolling_value(
     return out
 
 
-def value_report(journey: JourneyMap, totals: Mapping[str, float]) -> dict[str, Any]:
-    """Where value is created and lost, from the running totals (cents) the store keeps.
+def public_channel(channel: str | None, known: Container[str]) -> str:
+    """The channel as aggregates show it: a known channel by name, anything else as ``other``.
+
+    Channels are free text from the producer; a customer's email sent as a channel must never
+    reach an aggregate that is served without a token.
+
+    Examples
+    --------
+    >>> public_channel("email", {"email", "search"}), public_channel("ann@example.com", {"email"})
+    ('email', 'other')
+    >>> public_channel(None, {"email"})
+    '(none)'
+    """
+    if not channel:
+        return "(none)"
+    return channel if channel in known else "other"
+
+
+def attribution_increments(
+    touches: Sequence[tuple[int, str, str]],
+    purchase_ms: int,
+    cents: int,
+    *,
+    lookback_ms: int,
+    half_life_ms: int,
+    stage_of: Mapping[str, str],
+    channels: Container[str],
+) -> dict[str, int]:
+    """The running value totals one order adds, in thousandths of a cent (integers).
+
+    Each model's shares are rounded to whole thousandths so that they add up to exactly
+    ``cents * 1000`` (largest remainder first), so every total is exact and does not depend on
+    the order in which orders are applied. Fields: ``tp|<model>|<touchpoint>``,
+    ``ch|<model>|<channel>`` (channels outside ``channels`` count as ``other``),
+    ``stage|created|<stage>`` (linear), or ``unattributed`` when no touch qualifies.
+
+    Examples
+    --------
+    >>> t = [(0, "ad_click", "social"), (3_600_000, "site_visit", "")]
+    >>> inc = attribution_increments(t, 7_200_000, 100, lookback_ms=86_400_000, half_life_ms=3_600_000,
+    ...                              stage_of={"ad_click": "awareness", "site_visit": "awareness"},
+    ...                              channels={"social"})
+    >>> inc["tp|linear|ad_click"], inc["tp|time_decay|site_visit"], inc["stage|created|awareness"]
+    (50000, 66667, 100000)
+    """
+    total = cents * MILLI
+    shares = attribute(touches, purchase_ms, float(total), lookback_ms=lookback_ms, half_life_ms=half_life_ms)
+    out: dict[str, int] = {}
+    if not any(shares["linear"]):
+        if total:
+            out["unattributed"] = total
+        return out
+
+    def add(field: str, amount: int) -> None:
+        if amount:
+            out[field] = out.get(field, 0) + amount
+
+    for model, split in shares.items():
+        whole = _round_to_total(split, total)
+        for (_, tp, ch), share in zip(touches, whole, strict=True):
+            add(f"tp|{model}|{tp}", share)
+            add(f"ch|{model}|{public_channel(ch, channels)}", share)
+            if model == "linear":
+                add(f"stage|created|{stage_of.get(tp, 'other')}", share)
+    return out
+
+
+def _round_to_total(shares: Sequence[float], total: int) -> list[int]:
+    """Whole numbers, each within 1 of its share, adding up to ``total`` (largest remainder)."""
+    floors = [int(s) for s in shares]
+    missing = total - sum(floors)
+    by_remainder = sorted(range(len(shares)), key=lambda i: (-(shares[i] - floors[i]), i))
+    for i in by_remainder[: max(0, missing)]:
+        floors[i] += 1
+    return floors
+
+
+def value_report(journey: JourneyMap, totals: Mapping[str, int]) -> dict[str, Any]:
+    """Where value is created and lost, from the running totals the store keeps (thousandths of a
+    cent; ``stage|lost_customers|*`` are counts).
 
     Examples
     --------
     >>> jm = JourneyMap(("a", "b"), {"x": "a", "buy": "b"}, value_roles={"buy": "order"})
-    >>> r = value_report(jm, {"tp|linear|x": 1000.0, "ch|linear|email": 1000.0, "stage|created|a": 1000.0,
-    ...                       "stage|lost_customers|b": 2, "stage|lost_revenue|b": 500})
+    >>> r = value_report(jm, {"tp|linear|x": 1_000_000, "ch|linear|email": 1_000_000, "stage|created|a": 1_000_000,
+    ...                       "stage|lost_customers|b": 2, "stage|lost_revenue|b": 500_000})
     >>> r["touchpoints"][0]["linear"], r["channels"][0]["channel"], r["stages"][1]["lost_revenue"]
     (10.0, 'email', 5.0)
     """
@@ -126,7 +228,7 @@ def value_report(journey: JourneyMap, totals: Mapping[str, float]) -> dict[str, 
     def table(kind: str, label: str) -> list[dict[str, Any]]:
         names = sorted({k.split("|", 2)[2] for k in totals if k.startswith(f"{kind}|")})
         rows = [
-            {label: n, **{m: round(totals.get(f"{kind}|{m}|{n}", 0.0) / 100, 2) for m in ATTRIBUTION_MODELS}}
+            {label: n, **{m: _money(totals.get(f"{kind}|{m}|{n}", 0)) for m in ATTRIBUTION_MODELS}}
             for n in names
         ]
         return sorted(rows, key=lambda r: -r["linear"])
@@ -134,9 +236,9 @@ def value_report(journey: JourneyMap, totals: Mapping[str, float]) -> dict[str, 
     stages = [
         {
             "stage": s,
-            "value_created": round(totals.get(f"stage|created|{s}", 0.0) / 100, 2),
+            "value_created": _money(totals.get(f"stage|created|{s}", 0)),
             "customers_lost": int(totals.get(f"stage|lost_customers|{s}", 0)),
-            "lost_revenue": round(totals.get(f"stage|lost_revenue|{s}", 0.0) / 100, 2),
+            "lost_revenue": _money(totals.get(f"stage|lost_revenue|{s}", 0)),
         }
         for s in journey.stages
     ]
@@ -145,5 +247,62 @@ def value_report(journey: JourneyMap, totals: Mapping[str, float]) -> dict[str, 
         "touchpoints": table("tp", "touchpoint"),
         "channels": table("ch", "channel"),
         "stages": stages,
-        "unattributed": round(totals.get("unattributed", 0.0) / 100, 2),
+        "unattributed": _money(totals.get("unattributed", 0)),
     }
+
+
+def _money(millicents: float) -> float:
+    return round(millicents / (100 * MILLI), 2)
+
+
+def drop_off_increments(stage: str, revenue_cents: int) -> dict[str, int]:
+    """The value lost with a customer who dropped off in ``stage``: one customer and their revenue."""
+    return {f"stage|lost_customers|{stage}": 1, f"stage|lost_revenue|{stage}": revenue_cents * MILLI}
+
+
+def customer_value(
+    state: JourneyState,
+    clv: ClvModel | None,
+    *,
+    as_of_ms: int,
+    windows: Sequence[int],
+    horizon_days: float,
+    margin: float,
+    annual_discount_rate: float,
+) -> dict[str, Any]:
+    """The ``clv`` object of a customer lookup or an alert, as of ``as_of_ms`` (money in currency units).
+
+    Everything is a function of the customer's state, the model and ``as_of_ms`` (event time),
+    so a replay gives the same figures.
+
+    Examples
+    --------
+    >>> st = JourneyState("c1", "purchase", 0, 0, 86_400_000, 2, orders=1, gross_cents=2_500,
+    ...                   first_order_ms=0, first_order_cents=2_500, last_order_ms=0,
+    ...                   value_days={0: 2_500}, order_days={0: 1})
+    >>> v = customer_value(st, None, as_of_ms=86_400_000, windows=[30], horizon_days=365, margin=0.3,
+    ...                    annual_discount_rate=0.1)
+    >>> v["orders"], v["revenue"], v["aov"], v["revenue_30d"], v["model"], v["predicted_clv"]
+    (1, 25.0, 25.0, 25.0, 'insufficient data', None)
+    """
+    summary = None
+    if state.orders and state.first_order_ms is not None:
+        summary = OrderSummary(state.orders, state.first_order_ms, state.last_order_ms or state.first_order_ms,
+                               state.gross_cents, state.first_order_cents or 0)
+    rolling = rolling_value(state.value_days, state.order_days, as_of_ms, windows)
+    body: dict[str, Any] = {
+        "orders": state.orders,
+        "revenue": state.revenue_cents / 100,
+        "refunded": state.refunded_cents / 100,
+        "aov": round(state.gross_cents / state.orders / 100, 2) if state.orders else None,
+        "first_purchase": iso(state.first_order_ms) if state.first_order_ms is not None else None,
+        "last_purchase": iso(state.last_order_ms) if state.last_order_ms is not None else None,
+        **{k: (v / 100 if k.startswith("revenue") else v) for k, v in rolling.items()},
+        "horizon_days": horizon_days,
+        **customer_figures(summary, clv.fit if clv else None, as_of_ms=as_of_ms, horizon_days=horizon_days,
+                           margin=margin, annual_discount_rate=annual_discount_rate),
+        "model_version": clv.version if clv else None,
+        "model": "insufficient data" if clv is None else ("fitted" if summary else "no purchase yet"),
+        "as_of": iso(as_of_ms),
+    }
+    return body

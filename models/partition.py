@@ -1,0 +1,387 @@
+"""What one batch does to one partition: the single place where the domain rules meet.
+
+The worker loads the state of the customers a batch touches (and of those whose deadline
+the batch's watermark will pass), then :func:`process` applies the batch **in record
+order** with the rules of ``models/`` and returns its :class:`Effect`: the new customer
+states, their next due times, the alerts to publish, the increments to the shared
+aggregates, the settled propensity examples and the partition's new clock. The store
+commits the effect in one atomic step (``streams/state``). Nothing here does I/O or reads
+a clock: the same records give the same effect, whatever the batch boundaries.
+
+Time is the partition's event-time watermark (highest event time seen minus the allowed
+lateness). As each record raises it, every deadline it passes fires right then, in order of
+due time, so an alert's ``at_ms`` is the first watermark at or past its due time.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import orjson
+
+from models import deadlines, gaps, propensity
+from models.alerts import AlertFacts, AlertStatus, AlertType, render
+from models.clv import ClvModel, OrderSummary
+from models.events import TouchpointEvent
+from models.journey import JourneyState, Outcome, PendingPrediction, StateLimits, apply_event
+from models.journey_map import JourneyMap
+from models.value import attribution_increments, customer_value, drop_off_increments, public_channel
+
+NO_WATERMARK = -(2**62)
+
+#: A scorer: features -> (probability of an upsell, predicted class, model version).
+Scorer = Callable[[Mapping[str, float]], tuple[float | None, bool | None, int]]
+
+
+@dataclass(frozen=True, slots=True)
+class Rules:
+    """The journey map and the settings that shape what a batch does."""
+
+    journey: JourneyMap
+    limits: StateLimits = field(default_factory=StateLimits)
+    allowed_lateness_ms: int = 600_000
+    late_grace_ms: int = 600_000
+    attribution_lookback_ms: int = 30 * 86_400_000
+    attribution_half_life_ms: int = 7 * 86_400_000
+    channels: tuple[str, ...] = ()  # known channels: others count as "other" in aggregates and features
+    clv_windows: tuple[int, ...] = (30, 90, 365)
+    clv_horizon_days: float = 365.0
+    clv_margin: float = 0.3
+    clv_discount_rate: float = 0.10
+    early_positives: bool = False
+    upsell_alert_min_examples: int = 500
+
+    @property
+    def feature_touchpoints(self) -> tuple[str, ...]:
+        """The touchpoints counted in the propensity features: all but the upsell itself (its
+        count would tell the model the label)."""
+        upsell = self.journey.propensity.upsell
+        return tuple(tp for tp in self.journey.touchpoints if tp not in upsell)
+
+
+@dataclass(slots=True)
+class Clock:
+    """A partition's event-time clock, committed with its state."""
+
+    high_ms: int = NO_WATERMARK
+    watermark_ms: int = NO_WATERMARK
+
+
+@dataclass(frozen=True, slots=True)
+class Erase:
+    """A request to forget a customer, made at ``requested_ms`` (wall clock of the request).
+
+    Their state goes, and an event that happened before the request can never bring them back.
+    """
+
+    customer_id: str
+    requested_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """The partition has been idle: its watermark moves to ``watermark_ms`` (the idle rule)."""
+
+    watermark_ms: int
+
+
+Input = TouchpointEvent | Erase | Tick
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxEntry:
+    """A message to publish once the effect is committed: an alert (rendered, without its
+    ``emitted_at``), or a tombstone (``body`` None) telling downstream tools to forget a customer."""
+
+    key: str
+    body: bytes | None
+    type: str
+    status: str
+
+
+@dataclass(slots=True)
+class Effect:
+    """Everything one batch changes in its partition. Applied by the store in one atomic step."""
+
+    clock: Clock
+    consumed: int = 0  # inputs processed (fewer than given when the loaded due set ran out)
+    outcomes: list[Outcome | None] = field(default_factory=list)  # per consumed input; None: a control input
+    customers: dict[str, JourneyState | None] = field(default_factory=dict)  # changed; None: deleted
+    created: set[str] = field(default_factory=set)  # customers new to the store
+    erased: dict[str, int] = field(default_factory=dict)  # customer -> when they were erased
+    due: dict[str, int | None] = field(default_factory=dict)  # changed next due times
+    outbox: list[OutboxEntry] = field(default_factory=list)
+    counters: dict[str, int] = field(default_factory=dict)  # increments of the partition's aggregates
+    gaps: dict[int, dict[str, int]] = field(default_factory=dict)  # event-time day -> increments
+    orders: dict[str, OrderSummary | None] = field(default_factory=dict)  # changed CLV summaries
+    examples: list[propensity.Example] = field(default_factory=list)
+    predictions: int = 0  # scoring points scored
+    applied_event_ms: list[int] = field(default_factory=list)  # event times of the applied events
+
+    def count(self, name: str, n: int = 1) -> None:
+        self.counters[name] = self.counters.get(name, 0) + n
+
+
+def next_due(state: JourneyState, rules: Rules) -> int | None:
+    """The earliest watermark at which something is due for this customer: an alert deadline
+    or the end of a prediction's horizon."""
+    a = deadlines.next_deadline(state)
+    b = propensity.next_label(state, rules.journey.propensity.horizon_ms)
+    if a is None:
+        return b
+    return a if b is None else min(a, b)
+
+
+def order_summary(state: JourneyState) -> OrderSummary | None:
+    """What the CLV fit needs of a customer (None before their first order)."""
+    if not state.orders or state.first_order_ms is None:
+        return None
+    return OrderSummary(
+        state.orders, state.first_order_ms, state.last_order_ms or state.first_order_ms,
+        state.gross_cents, state.first_order_cents or 0,
+    )
+
+
+def process(
+    inputs: Sequence[Input],
+    *,
+    rules: Rules,
+    clock: Clock,
+    customers: Mapping[str, JourneyState | None],
+    erased: Mapping[str, int],
+    due: Sequence[tuple[int, str]],
+    due_complete_until: int,
+    scorer: Scorer | None = None,
+    clv: ClvModel | None = None,
+) -> Effect:
+    """Apply a batch of one partition's inputs, in order.
+
+    Parameters
+    ----------
+    inputs
+        Valid events, erasure requests and idle ticks, in record order.
+    rules
+        The journey map and settings.
+    clock
+        The partition's clock before the batch (not changed; the effect has the new one).
+    customers
+        The loaded state of every customer the inputs name and of every customer in ``due``
+        (None: not in the store). Changed in place: do not reuse after a failed commit.
+    erased
+        Customers erased earlier, among those the inputs name: customer -> erasure time.
+    due
+        ``(next due, customer)`` of every customer due at or before ``due_complete_until``.
+    due_complete_until
+        ``due`` lists every customer due up to this watermark. At an input that would move
+        the watermark past it, the batch fires the loaded customers (at the watermark that
+        input brings, so they fire exactly as they would in one go) and stops before the
+        input (``Effect.consumed`` says where); the caller commits, loads the next customers
+        due and goes on.
+    scorer
+        The propensity model as it is now; None turns scoring off.
+    clv
+        The CLV model (a side input: the alerts carry its figures and name its version).
+    """
+    journey = rules.journey
+    spec = journey.propensity
+    horizon = spec.horizon_ms
+    scoring = set(spec.score_after) if scorer is not None else set()
+    upsell = set(spec.upsell)
+    effect = Effect(Clock(clock.high_ms, clock.watermark_ms))
+    new_clock = effect.clock
+    states: dict[str, JourneyState | None] = dict(customers)
+    erased_now = dict(erased)
+    heap = list(due)
+    heapq.heapify(heap)
+    # What the store's due index holds for each loaded customer: what was due at their last commit.
+    current_due: dict[str, int | None] = {cid: next_due(st, rules) for cid, st in states.items() if st is not None}
+    current_due.update({cid: d for d, cid in due})
+
+    def touch(state: JourneyState) -> None:
+        """Note a changed customer and re-index their next due time."""
+        cid = state.customer_id
+        effect.customers[cid] = state
+        d = next_due(state, rules)
+        if current_due.get(cid) != d:
+            current_due[cid] = d
+            effect.due[cid] = d
+            if d is not None:
+                heapq.heappush(heap, (d, cid))
+
+    def alert(facts: AlertFacts, state: JourneyState) -> None:
+        value = customer_value(state, clv, as_of_ms=facts.at_ms, windows=rules.clv_windows,
+                               horizon_days=rules.clv_horizon_days, margin=rules.clv_margin,
+                               annual_discount_rate=rules.clv_discount_rate)
+        body = orjson.dumps(render(facts, extra={"clv": value}))
+        effect.outbox.append(OutboxEntry(facts.customer_id, body, facts.type.value, facts.status.value))
+        if facts.type is AlertType.DROP_OFF and facts.status is AlertStatus.OPEN:
+            due_ms = facts.anchor_ms + facts.expected_ms
+            add_gap(due_ms // 86_400_000, f"d|{facts.stage}")
+            for name, n in drop_off_increments(facts.stage, state.revenue_cents).items():
+                effect.count(name, n)
+
+    def add_gap(day: int, name: str) -> None:
+        counts = effect.gaps.setdefault(day, {})
+        counts[name] = counts.get(name, 0) + 1
+
+    def fire_until(watermark: int, limit: int | None = None) -> None:
+        """Fire everything due at or before ``limit`` (default: the watermark) at this watermark,
+        in due order (ties by customer)."""
+        limit = watermark if limit is None else limit
+        while heap and heap[0][0] <= limit:
+            d, cid = heapq.heappop(heap)
+            if current_due.get(cid) != d:
+                continue  # a stale entry: the customer's due time moved since
+            state = states.get(cid)
+            if state is None:  # (erased)
+                current_due[cid] = None
+                effect.due[cid] = None
+                continue
+            for facts in deadlines.fire_due(state, journey, watermark):
+                alert(facts, state)
+            effect.examples += propensity.settle(state, watermark, horizon)
+            touch(state)
+
+    for i, item in enumerate(inputs):
+        if isinstance(item, Tick):
+            if item.watermark_ms > due_complete_until:
+                # Not all that is due is loaded: fire what is (at the watermark the tick brings), stop here.
+                fire_until(item.watermark_ms, due_complete_until)
+                break
+            new_clock.watermark_ms = max(new_clock.watermark_ms, item.watermark_ms)
+            fire_until(new_clock.watermark_ms)
+            effect.outcomes.append(None)
+            effect.consumed = i + 1
+            continue
+        if isinstance(item, Erase):
+            _erase(item, states, effect, current_due)
+            erased_now[item.customer_id] = effect.erased[item.customer_id]
+            effect.outcomes.append(None)
+            effect.consumed = i + 1
+            continue
+
+        event = item
+        ts = event.ts_ms
+        new_wm = ts - rules.allowed_lateness_ms
+        raised = ts > new_clock.high_ms and new_wm > new_clock.watermark_ms
+        if raised and new_wm > due_complete_until:
+            fire_until(new_wm, due_complete_until)  # see the Tick case above
+            break
+        effect.consumed = i + 1
+        outcome = _apply(event, rules, states, erased_now, effect, alert, add_gap,
+                         watermark_ms=new_wm if raised else new_clock.watermark_ms)
+        effect.outcomes.append(outcome)
+        if outcome is Outcome.APPLIED:
+            state = states[event.customer_id]
+            assert state is not None
+            if event.touchpoint in upsell:
+                propensity.record_upsell(state, ts)
+                if rules.early_positives:
+                    effect.examples += propensity.settle(state, new_clock.watermark_ms, horizon, upsell_at=ts)
+            if event.touchpoint in scoring and scorer is not None:
+                _score(event, state, rules, scorer, effect, alert)
+            touch(state)
+        if ts > new_clock.high_ms:
+            new_clock.high_ms = ts
+        if raised:
+            new_clock.watermark_ms = new_wm
+            fire_until(new_wm)
+    return effect
+
+
+def _apply(
+    event: TouchpointEvent,
+    rules: Rules,
+    states: dict[str, JourneyState | None],
+    erased: dict[str, int],
+    effect: Effect,
+    alert: Callable[[AlertFacts, JourneyState], None],
+    add_gap: Callable[[int, str], None],
+    *,
+    watermark_ms: int,
+) -> Outcome:
+    """One event: journey, funnel, gap counters, value, deadlines. The caller re-indexes the customer."""
+    journey = rules.journey
+    cid, ts = event.customer_id, event.ts_ms
+    gone = erased.get(cid)
+    if gone is not None and ts <= gone:
+        return Outcome.ERASED
+    before = states.get(cid)
+    rank_before = journey.rank_of(before.stage) if before is not None else -1
+    stage_before = before.stage if before is not None else None
+    state, outcome = apply_event(before, event, journey, rules.limits)
+    if outcome is not Outcome.APPLIED:
+        return outcome
+    states[cid] = state
+    effect.applied_event_ms.append(ts)
+    if before is None:
+        effect.created.add(cid)
+    if stage_before != state.stage:
+        if stage_before is not None:
+            effect.count(f"f|{stage_before}", -1)
+        effect.count(f"f|{state.stage}")
+    for day, name in gaps.event_increments(state, event.touchpoint, ts, journey, rank_before=rank_before):
+        add_gap(day, name)
+    if journey.value_roles.get(event.touchpoint) == "order":
+        effect.orders[cid] = order_summary(state)
+        touches = [t for t in state.path if t[1] not in journey.value_roles]
+        incs = attribution_increments(
+            touches, ts, round((event.value or 0.0) * 100), lookback_ms=rules.attribution_lookback_ms,
+            half_life_ms=rules.attribution_half_life_ms, stage_of=journey.touchpoints, channels=rules.channels,
+        )
+        for name, n in incs.items():
+            effect.count(name, n)
+    for facts in deadlines.after_event(state, event.touchpoint, ts, journey, watermark_ms=watermark_ms,
+                                       late_grace_ms=rules.late_grace_ms):
+        alert(facts, state)
+    return Outcome.APPLIED
+
+
+def _score(
+    event: TouchpointEvent,
+    state: JourneyState,
+    rules: Rules,
+    scorer: Scorer,
+    effect: Effect,
+    alert: Callable[[AlertFacts, JourneyState], None],
+) -> None:
+    """A scoring point: predict, keep the prediction on the customer, maybe raise upsell_opportunity."""
+    journey, spec = rules.journey, rules.journey.propensity
+    ts = event.ts_ms
+    x = propensity.features(state, ts, stages=journey.stages, touchpoints=rules.feature_touchpoints,
+                            channels=rules.channels)
+    proba, predicted, version = scorer(x)
+    prediction = PendingPrediction(ts, event.touchpoint, proba, predicted, version, x)
+    if not propensity.add_prediction(state, prediction):
+        return
+    effect.predictions += 1
+    if propensity.raises_upsell_alert(state, prediction, threshold=spec.alert_threshold, horizon_ms=spec.horizon_ms,
+                                      min_examples=rules.upsell_alert_min_examples):
+        alert(AlertFacts(AlertType.UPSELL_OPPORTUNITY, AlertStatus.OPEN, state.customer_id, state.stage,
+                         event.touchpoint, ts, spec.horizon_ms, ts, spec.upsell[0] if spec.upsell else None,
+                         "medium", proba, version), state)
+
+
+def _erase(item: Erase, states: dict[str, JourneyState | None], effect: Effect,
+           current_due: dict[str, int | None]) -> None:
+    cid = item.customer_id
+    state = states.get(cid)
+    if state is not None:
+        effect.count(f"f|{state.stage}", -1)
+    states[cid] = None
+    effect.customers[cid] = None
+    effect.created.discard(cid)
+    effect.erased[cid] = max(item.requested_ms, effect.erased.get(cid, item.requested_ms))
+    effect.orders[cid] = None
+    if current_due.get(cid) is not None or state is not None:
+        current_due[cid] = None
+        effect.due[cid] = None
+    # Alerts about them that are still waiting are published before this, then forgotten downstream.
+    effect.outbox.append(OutboxEntry(cid, None, "tombstone", "erased"))
+
+
+def known_channel(channel: str | None, rules: Rules) -> str:
+    """The channel as aggregates and features see it (see :func:`models.value.public_channel`)."""
+    return public_channel(channel, rules.channels)

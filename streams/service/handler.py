@@ -1,0 +1,297 @@
+"""The batch handler behind the touchpoints agent: decode, load, apply (``models/partition.py``),
+dead-letter, commit. Against ports only.
+
+For one partition's batch, every record ends up exactly one of: applied, a duplicate (already
+applied: its offset is at or below the partition's committed offset, or its event id was
+seen), or dead-lettered with a reason. The order of the steps is what makes that hold
+across crashes:
+
+1. records at or below the partition's committed offset are duplicates (a redelivery);
+2. the rest are decoded; the effect of the valid ones is computed from the loaded state;
+3. every record that cannot be applied is sent to the dead-letter sink, and the sink's ack
+   is awaited;
+4. the effect is committed **with the offset reached**, in one atomic step, fenced by the
+   partition's claim.
+
+A crash before 4 changes nothing in the store (the batch is redone; its dead letters may be
+sent twice, with the same source headers); after 4 the redelivered records are duplicates.
+Kafka's own committed offsets only say where to resume fetching sooner: on assignment the
+worker resumes from the offset in the store.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import orjson
+
+from models.clv import ClvModel
+from models.events import Invalid, Reason, TouchpointEvent, decode_event
+from models.journey import Outcome
+from models.partition import Effect, Erase, Input, Rules, Scorer, Tick, process
+from models.value import check_money
+from streams.service.ports import Claim, Conflict, DeadLetter, DeadLetterSink, PartitionStore, SourceRecord
+
+log = logging.getLogger("journey.handler")
+
+CONTROL_HEADER = "journey.control"
+
+
+class Rewind(Exception):
+    """The store is behind the records this worker has read (it lost writes, e.g. a Redis
+    restart without its last second of AOF): fetch the partition again from ``offset``."""
+
+    def __init__(self, partition: int, offset: int) -> None:
+        super().__init__(f"partition {partition}: the store resumes at offset {offset}")
+        self.partition = partition
+        self.offset = offset
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Validation limits and money rules from the settings."""
+
+    max_payload_bytes: int = 16_384
+    max_future_ms: int = 300_000
+    min_event_ms: int = 0
+    currency: str = "EUR"
+    rates: dict[str, float] = field(default_factory=dict)
+    max_value: float = 10_000_000.0
+
+
+@dataclass(slots=True)
+class BatchResult:
+    """What one batch did, for the counters and the metrics."""
+
+    records: int = 0
+    applied: int = 0
+    duplicates: int = 0
+    dead: list[DeadLetter] = field(default_factory=list)
+    erasures: int = 0
+    predictions: int = 0
+    examples: int = 0
+    messages: int = 0  # alerts and tombstones committed to the outbox
+    applied_event_ms: list[int] = field(default_factory=list)
+    partitions: set[int] = field(default_factory=set)
+
+
+@dataclass(slots=True)
+class Stats:
+    """Counters since the worker started, served at ``/worker/stats`` and as metrics."""
+
+    consumed: int = 0
+    applied: int = 0
+    duplicates: int = 0
+    batches: int = 0
+    last_batch_size: int = 0
+    erasures: int = 0
+    predictions: int = 0
+    redis_errors: int = 0
+    kafka_errors: int = 0
+    dead_letters: Counter[str] = field(default_factory=Counter)
+
+    def record(self, result: BatchResult) -> None:
+        self.consumed += result.records
+        self.applied += result.applied
+        self.duplicates += result.duplicates
+        self.erasures += result.erasures
+        self.predictions += result.predictions
+        self.batches += 1
+        self.last_batch_size = result.records
+        self.dead_letters.update(letter.reason.value for letter in result.dead)
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "consumed": self.consumed,
+            "applied": self.applied,
+            "duplicates": self.duplicates,
+            "dead_letters": sum(self.dead_letters.values()),
+            "dead_letters_by_reason": dict(sorted(self.dead_letters.items())),
+            "erasures": self.erasures,
+            "predictions": self.predictions,
+            "batches": self.batches,
+            "last_batch_size": self.last_batch_size,
+            "redis_errors": self.redis_errors,
+            "kafka_errors": self.kafka_errors,
+        }
+
+
+def decode(record: SourceRecord, rules: Rules, limits: Limits, now_ms: int) -> Input | Invalid:
+    """One record as the engine's input: an event, an erasure request, or why it is invalid."""
+    if record.headers.get(CONTROL_HEADER) == b"erase":
+        return _decode_erase(record)
+    if record.value is None:
+        return Invalid(Reason.UNDECODABLE, "empty message (null value)")
+    journey = rules.journey
+    event = decode_event(record.value, touchpoints=journey.touchpoints, now_ms=now_ms,
+                         max_payload_bytes=limits.max_payload_bytes, max_future_ms=limits.max_future_ms,
+                         min_event_ms=limits.min_event_ms)
+    if isinstance(event, Invalid):
+        return event
+    return check_money(event, journey.value_roles.get(event.touchpoint), currency=limits.currency,
+                       rates=limits.rates, max_value=limits.max_value)
+
+
+def _decode_erase(record: SourceRecord) -> Erase | Invalid:
+    try:
+        body = orjson.loads(record.value or b"")
+        return Erase(str(body["customer_id"]), int(body["requested_ms"]))
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        return Invalid(Reason.UNDECODABLE, "an erasure request needs {customer_id, requested_ms}")
+
+
+def erase_request(customer_id: str, requested_ms: int) -> bytes:
+    """The body of the control record that erases a customer (see :func:`decode`)."""
+    return orjson.dumps({"customer_id": customer_id, "requested_ms": requested_ms})
+
+
+class BatchHandler:
+    """Applies batches of records, one partition at a time, to the store.
+
+    ``scorer`` and ``clv`` give the side inputs as they are now: the propensity model to score
+    with (None: scoring off) and the CLV model the alerts quote.
+    """
+
+    def __init__(
+        self,
+        store: PartitionStore,
+        dead_letters: DeadLetterSink,
+        rules: Rules,
+        limits: Limits,
+        *,
+        scorer: Callable[[], Scorer | None] = lambda: None,
+        clv: Callable[[], ClvModel | None] = lambda: None,
+        due_limit: int = 1000,
+    ) -> None:
+        self.store = store
+        self.dead_letters = dead_letters
+        self.rules = rules
+        self.limits = limits
+        self.scorer = scorer
+        self.clv = clv
+        self.due_limit = due_limit
+        self.claims: dict[int, Claim] = {}
+
+    async def assign(self, partition: int) -> Claim:
+        """Claim a partition (fencing out its earlier owner); the caller resumes fetching at
+        ``claim.offset + 1``."""
+        claim = await self.store.claim(partition)
+        self.claims[partition] = claim
+        return claim
+
+    def revoke(self, partition: int) -> None:
+        self.claims.pop(partition, None)
+
+    async def handle(self, records: Sequence[SourceRecord], now_ms: int) -> BatchResult:
+        """Apply one partition's records (in offset order).
+
+        Raises :class:`~streams.service.ports.Fenced` when the partition was claimed by another
+        worker (nothing of the batch is committed), :class:`Rewind` when the store is behind.
+        """
+        result = BatchResult(records=len(records))
+        if not records:
+            return result
+        p = records[0].partition
+        result.partitions.add(p)
+        claim = self.claims.get(p) or await self.assign(p)
+        inputs: list[Input] = []
+        sources: list[SourceRecord] = []
+        for r in records:
+            if r.offset <= claim.offset:
+                result.duplicates += 1
+                continue
+            item = decode(r, self.rules, self.limits, now_ms)
+            if isinstance(item, Invalid):
+                result.dead.append(DeadLetter(r, item.reason, item.detail))
+            else:
+                inputs.append(item)
+                sources.append(r)
+        if records[0].offset > claim.offset + 1 and claim.offset >= 0:
+            log.debug("partition %d: records start at %d after %d", p, records[0].offset, claim.offset)
+        last = records[-1].offset
+        if last <= claim.offset:
+            return result
+        pending = result.dead  # dead letters from decoding, sent before the offset passes them
+        result.dead = []
+        pos = 0
+        while True:
+            effect = await self._apply(claim, inputs[pos:])
+            consumed = effect.consumed
+            done = pos + consumed >= len(inputs)
+            dead = self._account(effect, sources[pos : pos + consumed], result)
+            # Without everything due loaded, the batch stops early: commit up to the first input not applied.
+            offset = last if done else sources[pos + consumed].offset - 1
+            dead = [d for d in pending if d.record.offset <= offset] + dead
+            pending = [d for d in pending if d.record.offset > offset]
+            if dead:
+                await self.dead_letters.send(dead)
+                result.dead += dead
+            await self.store.commit(claim, effect, offset=offset)
+            result.messages += len(effect.outbox)
+            result.predictions += effect.predictions
+            result.examples += len(effect.examples)
+            result.applied_event_ms += effect.applied_event_ms
+            pos += consumed
+            if done:
+                return result
+
+    def _account(self, effect: Effect, sources: Sequence[SourceRecord], result: BatchResult) -> list[DeadLetter]:
+        dead: list[DeadLetter] = []
+        for outcome, record in zip(effect.outcomes, sources, strict=True):
+            if outcome is None:
+                result.erasures += 1
+            elif outcome is Outcome.APPLIED:
+                result.applied += 1
+            elif outcome is Outcome.DUPLICATE:
+                result.duplicates += 1
+            elif outcome is Outcome.TOO_LATE:
+                dead.append(DeadLetter(
+                    record, Reason.TOO_LATE,
+                    "event time is older than the customer's last event minus the dedupe window; it cannot be "
+                    "proven new",
+                ))
+            else:  # erased: the event happened before the customer asked to be forgotten
+                dead.append(DeadLetter(record, Reason.ERASED_CUSTOMER,
+                                       "the customer was erased after this event happened", redact=True))
+        return dead
+
+    async def tick(self, partition: int, watermark_ms: int) -> BatchResult:
+        """Move an idle partition's watermark (the idle rule) and fire what is due."""
+        result = BatchResult(partitions={partition})
+        claim = self.claims.get(partition)
+        if claim is None or watermark_ms <= claim.clock.watermark_ms:
+            return result
+        while True:
+            effect = await self._apply(claim, [Tick(watermark_ms)])
+            await self.store.commit(claim, effect, offset=None)
+            result.messages += len(effect.outbox)
+            result.examples += len(effect.examples)
+            if effect.consumed:
+                return result
+
+    async def _apply(self, claim: Claim, inputs: Sequence[Input]) -> Effect:
+        """Load what the inputs need and compute their effect (as far as the loaded due set allows)."""
+        lateness = self.rules.allowed_lateness_ms
+        until = claim.clock.watermark_ms
+        cids: dict[str, None] = {}
+        for item in inputs:
+            if isinstance(item, TouchpointEvent):
+                cids[item.customer_id] = None
+                until = max(until, item.ts_ms - lateness)
+            elif isinstance(item, Erase):
+                cids[item.customer_id] = None
+            else:
+                until = max(until, item.watermark_ms)
+        loaded = await self.store.load(claim, cids, due_until=until, due_limit=self.due_limit)
+        missing = [cid for _, cid in loaded.due if cid not in loaded.customers]
+        if missing:
+            loaded.customers.update(await self.store.load_customers(claim, missing))
+        return process(inputs, rules=self.rules, clock=claim.clock, customers=loaded.customers,
+                       erased=loaded.erased, due=loaded.due, due_complete_until=loaded.due_complete_until,
+                       scorer=self.scorer(), clv=self.clv())
+
+
+__all__ = ["BatchHandler", "BatchResult", "Conflict", "Limits", "Rewind", "Stats", "decode", "erase_request"]
