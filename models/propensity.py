@@ -437,10 +437,12 @@ class Example:
     """A settled prediction: its label and what the model said, ready for test-then-train.
 
     ``label_ms`` is when (event time) the label became known: the end of the horizon, or the
-    upsell itself when positives are handed over early. The learner learns examples in
-    ``(label_ms, partition, order within the partition)`` order. No customer id is kept.
+    upsell itself when positives are handed over early. ``settled_ms`` is the partition's
+    watermark when it was settled: the learner learns examples in ``(settled_ms, partition,
+    order within the partition)`` order, which depends on the records only. No customer id is kept.
     """
 
+    settled_ms: int
     label_ms: int
     scored_ms: int
     y: bool
@@ -539,6 +541,6 @@ def settle(
         else:
             kept.append(p)
             continue
-        out.append(Example(label_ms, p.scored_ms, y, p.proba, p.predicted, p.model_version, p.features))
+        out.append(Example(watermark_ms, label_ms, p.scored_ms, y, p.proba, p.predicted, p.model_version, p.features))
     state.predictions = kept
     return out

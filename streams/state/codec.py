@@ -96,9 +96,9 @@ def decode_orders(raw: bytes) -> OrderSummary:
 
 def encode_example(e: Example) -> bytes:
     """A settled example as the learner reads it (no customer id)."""
-    return orjson.dumps([e.label_ms, e.scored_ms, e.y, e.proba, e.predicted, e.model_version, e.features])
+    return orjson.dumps([e.settled_ms, e.label_ms, e.scored_ms, e.y, e.proba, e.predicted, e.model_version,
+                         e.features])
 
 
 def decode_example(raw: bytes) -> Example:
-    label_ms, scored_ms, y, proba, predicted, version, features = orjson.loads(raw)
-    return Example(label_ms, scored_ms, y, proba, predicted, version, features)
+    return Example(*orjson.loads(raw))

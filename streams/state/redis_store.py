@@ -18,6 +18,7 @@ from models.clv import OrderSummary
 from models.journey import JourneyState
 from models.partition import NO_WATERMARK, Clock, Effect, OutboxEntry
 from models.privacy import pseudonym_digest
+from models.propensity import Example
 from streams.service.ports import Claim, Conflict, Fenced, Loaded, OutboxMessage
 from streams.state import codec
 from streams.state.keys import Keys
@@ -227,10 +228,10 @@ class RedisStore:
     async def pending_due(self, partitions: Sequence[int]) -> int:
         return sum(await asyncio.gather(*(self.redis.zcard(self.keys.due(p)) for p in partitions)))
 
-    async def examples(self, partition: int, after: str, count: int) -> list[tuple[str, bytes]]:
+    async def examples(self, partition: int, after: str, count: int) -> list[tuple[str, Example]]:
         """Settled examples of a partition after stream id ``after`` (oldest first)."""
         entries = await self.redis.xrange(self.keys.examples(partition), min=f"({after}", count=count)
-        return [(i.decode(), fields[b"e"]) for i, fields in entries]
+        return [(i.decode(), codec.decode_example(fields[b"e"])) for i, fields in entries]
 
     async def trim_examples(self, partition: int, upto: str) -> None:
         """Forget the examples up to and including ``upto`` (learned and checkpointed)."""

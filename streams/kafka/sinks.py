@@ -1,0 +1,119 @@
+"""Kafka sinks: dead letters and the outbox publisher, straight to the producer (not through
+Faust's ``Topic.send``, which costs several times more per message)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from models.alerts import stamp
+from streams.service.ports import DeadLetter, OutboxMessage, PartitionStore
+
+log = logging.getLogger("journey.sinks")
+
+#: Dead letters keep at most this much of the original value (a larger copy would be refused by
+#: the broker or the producer); a cut value says so in ``journey.error.truncated``.
+DLQ_MAX_VALUE = 512 * 1024
+
+
+class KafkaDeadLetters:
+    """Dead letters to the DLQ topic: original key and bytes, reason and source in headers."""
+
+    def __init__(self, producer: Callable[[], Any], topic: str) -> None:
+        self.producer = producer
+        self.topic = topic
+
+    async def send(self, letters: Sequence[DeadLetter]) -> None:
+        producer = self.producer()
+        pending = []
+        for letter in letters:
+            key, value, headers = letter.record.key, letter.record.value, letter.headers()
+            if letter.redact:  # about an erased customer: the position and reason only
+                key, value = None, None
+            elif value is not None and len(value) > DLQ_MAX_VALUE:
+                headers.append(("journey.error.truncated", str(len(value)).encode()))
+                value = value[:DLQ_MAX_VALUE]
+            pending.append(await producer.send(self.topic, key, value, partition=None, timestamp=None,
+                                               headers=headers))
+        # Wait for the broker's acks: the source offset is committed only after this returns.
+        await asyncio.gather(*pending)
+
+
+class OutboxPublisher:
+    """Publishes the partitions' committed outboxes to the alerts topic, then acknowledges them.
+
+    A crash between publishing and acknowledging publishes the same messages again: a
+    downstream tool may see the same ``(alert_id, status)`` twice, never two different alerts
+    for one stall. One drain per partition at a time, in commit order.
+    """
+
+    def __init__(self, store: PartitionStore, producer: Callable[[], Any], topic: str, *, pseudonym: Callable[[str], str]):
+        self.store = store
+        self.producer = producer
+        self.topic = topic
+        self.pseudonym = pseudonym
+        self.locks: dict[int, asyncio.Lock] = {}
+        self.emitted: dict[str, int] = {}  # "type:status" -> messages published
+        self.errors = 0
+        self.requested: set[int] = set()
+        self.wakeup = asyncio.Event()
+        self.recent: deque[dict[str, Any]] = deque(maxlen=50)  # for the dashboard, pseudonymised
+
+    def request(self, partitions: set[int]) -> None:
+        """Ask the publishing task to drain these partitions' outboxes soon."""
+        self.requested |= partitions
+        self.wakeup.set()
+
+    async def run(self) -> None:
+        """The publishing task: drain what was requested, forever. Errors are logged and retried."""
+        while True:
+            await self.wakeup.wait()
+            self.wakeup.clear()
+            partitions, self.requested = self.requested, set()
+            for p in sorted(partitions):
+                try:
+                    await self.drain(p)
+                except Exception:  # the outbox keeps the messages: retry soon
+                    self.errors += 1
+                    log.exception("publishing the outbox of partition %d failed; will retry", p)
+                    self.requested.add(p)
+                    await asyncio.sleep(1.0)
+                    self.wakeup.set()
+
+    async def drain(self, partition: int) -> int:
+        lock = self.locks.setdefault(partition, asyncio.Lock())
+        sent = 0
+        async with lock:
+            while messages := await self.store.outbox(partition, limit=500):
+                now_ms = int(time.time() * 1000)
+                producer = self.producer()
+                pending = [
+                    await producer.send(self.topic, m.key.encode(), stamp(m.body, now_ms) if m.body else None,
+                                        partition=None, timestamp=None, headers=None)
+                    for m in messages
+                ]
+                await asyncio.gather(*pending)
+                await self.store.ack_outbox(partition, len(messages))
+                sent += len(messages)
+                self._account(messages)
+        return sent
+
+    def _account(self, messages: Sequence[OutboxMessage]) -> None:
+        import orjson
+
+        for m in messages:
+            label = f"{m.type}:{m.status}"
+            self.emitted[label] = self.emitted.get(label, 0) + 1
+        for m in messages[-(self.recent.maxlen or 50):]:
+            if m.body is None:
+                continue
+            body = orjson.loads(m.body)
+            alias = self.pseudonym(m.key)
+            self.recent.appendleft(
+                {k: v for k, v in body.items() if k not in ("customer_id", "clv", "reason")}
+                | {"customer": alias, "reason": body["reason"].replace(m.key, alias)}
+            )
