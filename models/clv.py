@@ -30,6 +30,8 @@ from numpy.typing import ArrayLike, NDArray
 from scipy.optimize import minimize
 from scipy.special import betaln, expit, gammaln, hyp2f1
 
+from models.durations import DAY_MS
+
 #: Below this many customers in total, :func:`fit` refuses to fit. The BG/NBD has four
 #: parameters, two of which (a, b: the dropout process) are only seen through the minority
 #: of customers who bought again; with a few hundred customers the fit is stable, with a few
@@ -672,7 +674,6 @@ def _minimize(objective, start: NDArray[np.float64]) -> tuple[NDArray[np.float64
 
 # --------------------------------------------------------------------------- customers in the stream
 
-DAY_MS = 86_400_000
 
 
 @dataclass(frozen=True, slots=True)

@@ -91,6 +91,7 @@ def format_duration(seconds: float) -> str:
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+DAY_MS = 86_400_000
 
 
 def iso(ms: int) -> str:

@@ -18,10 +18,9 @@ import hashlib
 from dataclasses import dataclass, field
 from enum import IntEnum
 
+from models.durations import DAY_MS
 from models.events import TouchpointEvent
 from models.journey_map import JourneyMap
-
-DAY_MS = 86_400_000
 
 
 class Outcome(IntEnum):

@@ -27,9 +27,8 @@ from models.clv import ClvModel, OrderSummary
 from models.events import TouchpointEvent
 from models.journey import JourneyState, Outcome, PendingPrediction, StateLimits, apply_event
 from models.journey_map import JourneyMap
-from models.value import attribution_increments, customer_value, drop_off_increments, public_channel
-
-NO_WATERMARK = -(2**62)
+from models.value import attribution_increments, customer_value, drop_off_increments
+from models.watermark import Clock
 
 #: A scorer: features -> (probability of an upsell, predicted class, model version).
 Scorer = Callable[[Mapping[str, float]], tuple[float | None, bool | None, int]]
@@ -59,14 +58,6 @@ class Rules:
         count would tell the model the label)."""
         upsell = self.journey.propensity.upsell
         return tuple(tp for tp in self.journey.touchpoints if tp not in upsell)
-
-
-@dataclass(slots=True)
-class Clock:
-    """A partition's event-time clock, committed with its state."""
-
-    high_ms: int = NO_WATERMARK
-    watermark_ms: int = NO_WATERMARK
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,6 +213,11 @@ def process(
             for name, n in drop_off_increments(facts.stage, state.revenue_cents).items():
                 effect.count(name, n)
 
+    def settled(examples: list[propensity.Example]) -> None:
+        if examples:
+            effect.examples += examples
+            effect.count("predictions_pending", -len(examples))
+
     def add_gap(day: int, name: str) -> None:
         counts = effect.gaps.setdefault(day, {})
         counts[name] = counts.get(name, 0) + 1
@@ -241,7 +237,7 @@ def process(
                 continue
             for facts in deadlines.fire_due(state, journey, watermark):
                 alert(facts, state)
-            effect.examples += propensity.settle(state, watermark, horizon)
+            settled(propensity.settle(state, watermark, horizon))
             touch(state)
 
     for i, item in enumerate(inputs):
@@ -279,7 +275,7 @@ def process(
             if event.touchpoint in upsell:
                 propensity.record_upsell(state, ts)
                 if rules.early_positives:
-                    effect.examples += propensity.settle(state, new_clock.watermark_ms, horizon, upsell_at=ts)
+                    settled(propensity.settle(state, new_clock.watermark_ms, horizon, upsell_at=ts))
             if event.touchpoint in scoring and scorer is not None:
                 _score(event, state, rules, scorer, effect, alert)
             touch(state)
@@ -357,6 +353,7 @@ def _score(
     if not propensity.add_prediction(state, prediction):
         return
     effect.predictions += 1
+    effect.count("predictions_pending")
     if propensity.raises_upsell_alert(state, prediction, threshold=spec.alert_threshold, horizon_ms=spec.horizon_ms,
                                       min_examples=rules.upsell_alert_min_examples):
         alert(AlertFacts(AlertType.UPSELL_OPPORTUNITY, AlertStatus.OPEN, state.customer_id, state.stage,
@@ -370,6 +367,8 @@ def _erase(item: Erase, states: dict[str, JourneyState | None], effect: Effect,
     state = states.get(cid)
     if state is not None:
         effect.count(f"f|{state.stage}", -1)
+        if state.predictions:
+            effect.count("predictions_pending", -len(state.predictions))
     states[cid] = None
     effect.customers[cid] = None
     effect.created.discard(cid)
@@ -382,6 +381,3 @@ def _erase(item: Erase, states: dict[str, JourneyState | None], effect: Effect,
     effect.outbox.append(OutboxEntry(cid, None, "tombstone", "erased"))
 
 
-def known_channel(channel: str | None, rules: Rules) -> str:
-    """The channel as aggregates and features see it (see :func:`models.value.public_channel`)."""
-    return public_channel(channel, rules.channels)

@@ -29,9 +29,9 @@ from typing import Any
 
 from river import base, linear_model, metrics, optim, preprocessing, tree
 
+from models.durations import DAY_MS
 from models.journey import JourneyState, PendingPrediction
 
-DAY_MS = 86_400_000
 MODEL_KINDS = ("logistic", "tree")
 
 

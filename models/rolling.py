@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
-DAY_MS = 86_400_000
+from models.durations import DAY_MS
 
 
 def bucket_of(ts_ms: int, bucket_ms: int = DAY_MS) -> int:

@@ -1,4 +1,4 @@
-"""Event-time watermarks per partition, with an idle rule so silent partitions do not freeze alerts.
+"""Event-time watermarks per partition, and the idle rule so silent partitions do not freeze alerts.
 
 The rule (documented in the README):
 
@@ -19,62 +19,30 @@ NO_WATERMARK = -(2**62)
 
 
 @dataclass(slots=True)
-class PartitionClock:
-    """What one partition has shown of event time, and when (wall clock) it last showed anything."""
+class Clock:
+    """A partition's event-time clock, committed with its state."""
 
     high_ms: int = NO_WATERMARK
-    last_arrival_wall_ms: int | None = None
     watermark_ms: int = NO_WATERMARK
 
 
-class Watermarks:
-    """Watermarks of the partitions a worker owns.
+def idle_watermark(
+    clock: Clock, *, now_ms: int, last_arrival_ms: int, allowed_lateness_ms: int, idle_timeout_ms: int
+) -> int | None:
+    """The watermark an idle partition moves to, or None if it is not idle (or would not move).
+
+    ``last_arrival_ms`` is when (wall clock) the partition last delivered a record, or when
+    it was assigned: a replay of old events is not overtaken by the wall clock before its
+    first record arrives.
 
     Examples
     --------
-    >>> w = Watermarks(allowed_lateness_ms=1_000, idle_timeout_ms=60_000)
-    >>> w.observe(0, event_ms=10_000, wall_ms=500_000)
-    9000
-    >>> w.observe(0, event_ms=4_000, wall_ms=500_100)   # a late event: never moves it back
-    9000
-    >>> w.current(0, wall_ms=530_000)                    # quiet, but not idle yet
-    9000
-    >>> w.current(0, wall_ms=600_000)                    # idle for 100 s: follows the wall clock
+    >>> c = Clock(high_ms=10_000, watermark_ms=9_000)
+    >>> idle_watermark(c, now_ms=530_000, last_arrival_ms=500_000, allowed_lateness_ms=1_000, idle_timeout_ms=60_000)
+    >>> idle_watermark(c, now_ms=600_000, last_arrival_ms=500_000, allowed_lateness_ms=1_000, idle_timeout_ms=60_000)
     539000
     """
-
-    def __init__(self, *, allowed_lateness_ms: int, idle_timeout_ms: int) -> None:
-        self.allowed_lateness_ms = allowed_lateness_ms
-        self.idle_timeout_ms = idle_timeout_ms
-        self.partitions: dict[int, PartitionClock] = {}
-
-    def restore(self, partition: int, high_ms: int, watermark_ms: int) -> None:
-        """Resume from persisted values (after a restart or a rebalance)."""
-        clock = self.partitions.setdefault(partition, PartitionClock())
-        clock.high_ms = max(clock.high_ms, high_ms)
-        clock.watermark_ms = max(clock.watermark_ms, watermark_ms)
-
-    def observe(self, partition: int, event_ms: int, wall_ms: int) -> int:
-        """Account for one event; return the partition's watermark after it."""
-        clock = self.partitions.setdefault(partition, PartitionClock())
-        clock.last_arrival_wall_ms = wall_ms
-        if event_ms > clock.high_ms:
-            clock.high_ms = event_ms
-            clock.watermark_ms = max(clock.watermark_ms, event_ms - self.allowed_lateness_ms)
-        return clock.watermark_ms
-
-    def current(self, partition: int, wall_ms: int) -> int:
-        """The partition's watermark now, applying the idle rule."""
-        clock = self.partitions.setdefault(partition, PartitionClock())
-        if clock.last_arrival_wall_ms is None:
-            # Just assigned: the idle timer starts now, so a replay of old events is not
-            # overtaken by the wall clock before its first event arrives.
-            clock.last_arrival_wall_ms = wall_ms
-        if wall_ms - clock.last_arrival_wall_ms >= self.idle_timeout_ms:
-            idle_mark = wall_ms - self.allowed_lateness_ms - self.idle_timeout_ms
-            clock.watermark_ms = max(clock.watermark_ms, idle_mark)
-        return clock.watermark_ms
-
-    def forget(self, partition: int) -> None:
-        """Drop a partition this worker no longer owns."""
-        self.partitions.pop(partition, None)
+    if now_ms - last_arrival_ms < idle_timeout_ms:
+        return None
+    mark = now_ms - allowed_lateness_ms - idle_timeout_ms
+    return mark if mark > clock.watermark_ms else None

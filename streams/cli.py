@@ -9,7 +9,7 @@ import random
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import orjson
 from kafka.errors import KafkaError
@@ -17,10 +17,10 @@ from pydantic import ValidationError
 from redis.exceptions import RedisError
 
 from models.journey_map import JourneyMap
+from streams.devtools.stack import StackError
 from streams.journey_file import MapFileError, load_journey_map
+from streams.kafka.topics import TopicError
 from streams.settings import Settings
-from streams.stack import StackError
-from streams.topics import TopicError
 
 T = TypeVar("T")
 
@@ -44,13 +44,14 @@ def _settings() -> Settings:
 
 
 def cmd_stack(args: argparse.Namespace) -> int:
-    from streams import stack
+    from streams.devtools import stack
 
     settings = _settings()
+    options = stack.StackOptions.from_environment(redis_cluster=args.redis_cluster)
     action: Callable[..., list[stack.ServiceStatus]] = {"up": stack.up, "down": stack.down}.get(
-        args.action, lambda s, echo: stack.status(s)
+        args.action, lambda s, o, echo: stack.status(s, o)
     )
-    statuses = action(settings, echo=lambda line: print(line, file=sys.stderr))
+    statuses = action(settings, options, echo=lambda line: print(line, file=sys.stderr))
     if args.json:
         print(orjson.dumps([dataclasses.asdict(s) for s in statuses]).decode())
     else:
@@ -61,19 +62,16 @@ def cmd_stack(args: argparse.Namespace) -> int:
     return 0 if args.action == "down" or all(s.running for s in statuses) else 1
 
 
-def with_store(settings: Settings, journey: JourneyMap, use: Callable[..., Awaitable[T]]) -> T:
-    """Run ``use(store, redis)`` against the configured Redis, and close the connection."""
-    from redis.asyncio import Redis
-
-    from streams.journey_store import RedisJourneyStore
+def with_store(settings: Settings, use: Callable[..., Awaitable[T]]) -> T:
+    """Run ``use(store)`` against the configured Redis (single or cluster), and close the connection."""
+    from streams.state.connect import connect
+    from streams.state.keys import Keys
+    from streams.state.redis_store import RedisStore
 
     async def run() -> T:
-        redis = Redis.from_url(settings.redis_url, socket_connect_timeout=3)
+        redis = connect(settings.redis_url, socket_connect_timeout=3)
         try:
-            store = RedisJourneyStore(
-                redis, journey, prefix=settings.redis_prefix, dedupe_window_ms=0, path_length=settings.path_length
-            )
-            return await use(store, redis)
+            return await use(RedisStore(redis, Keys(settings.redis_prefix), pseudonym_key=settings.pseudonym_secret()))
         finally:
             await redis.aclose()
 
@@ -82,25 +80,32 @@ def with_store(settings: Settings, journey: JourneyMap, use: Callable[..., Await
 
 def check_redis(settings: Settings) -> None:
     """Fail fast, with a hint, when Redis is not there (the worker would only retry)."""
-    import redis
+    from streams.state.connect import connect, ping_all
 
-    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=3, socket_timeout=3)
+    async def ping() -> None:
+        client = connect(settings.redis_url, socket_connect_timeout=3, socket_timeout=3)
+        try:
+            await ping_all(client)
+        finally:
+            await client.aclose()
+
     try:
-        client.ping()
-    except RedisError as exc:
+        asyncio.run(ping())
+    except (RedisError, OSError) as exc:
         raise Unavailable(
             f"cannot reach Redis at {settings.redis_url}: {str(exc).rstrip('.')}. "
             "Start the local stack with `journey stack up` or set JOURNEY_REDIS_URL."
         ) from None
-    finally:
-        client.close()
 
 
 def cmd_worker(args: argparse.Namespace) -> int:  # noqa: ARG001
-    from streams.app import create_app
-    from streams.topics import ensure_topics
+    from streams.kafka.app import create_app
+    from streams.kafka.topics import ensure_topics
 
     settings = _settings()
+    problem = settings.unsafe_exposure()
+    if problem:
+        raise UserError(problem)
     journey = load_journey_map(settings.map)
     check_redis(settings)
     created = ensure_topics(settings)
@@ -115,8 +120,8 @@ def cmd_worker(args: argparse.Namespace) -> int:  # noqa: ARG001
 def cmd_simulate(args: argparse.Namespace) -> int:
     import time
 
-    from streams.simulate import publish, simulate
-    from streams.topics import ensure_topics
+    from streams.devtools.simulate import publish, simulate
+    from streams.kafka.topics import ensure_topics
 
     settings = _settings()
     ensure_topics(settings)
@@ -138,7 +143,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from streams.demo import run_demo
+    from streams.devtools.demo import run_demo
 
     return run_demo(
         _settings(),
@@ -150,7 +155,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_map(args: argparse.Namespace) -> int:
-    from streams.map_view import describe, render_svg
+    from streams.ops.map_view import describe, render_svg
 
     path: Path = args.file or _settings().map
     journey = load_journey_map(path)
@@ -194,30 +199,33 @@ def map_json(journey: JourneyMap, path: Path) -> dict[str, object]:
     }
 
 
+def _as_of(text: str | None) -> int | None:
+    """``--as-of`` (ISO-8601 with a zone, or epoch ms) as epoch ms."""
+    if text is None:
+        return None
+    from models.events import parse_timestamp
+
+    parsed = parse_timestamp(int(text) if text.lstrip("-").isdigit() else text, min_ms=-(2**62))
+    if not isinstance(parsed, int):
+        raise UserError(f"--as-of {text!r}: expected an ISO-8601 time with a zone (2026-11-24T00:00:00Z) or epoch ms")
+    return parsed
+
+
 def cmd_customer(args: argparse.Namespace) -> int:
-    import time
-
-    from redis.asyncio import Redis
-
-    from streams.clv_model import ClvModels, customer_value
-    from streams.journey_store import RedisJourneyStore
-    from streams.web import customer_body
+    from streams.service.clv import ClvModels
+    from streams.service.pipeline import rules_of
+    from streams.service.queries import customer_view
+    from streams.state.clv_store import RedisClvStore
 
     settings = _settings()
     journey = load_journey_map(settings.map)
+    as_of = _as_of(args.as_of)
 
-    async def lookup(store: RedisJourneyStore, redis: Redis) -> dict[str, object] | None:
-        state = await store.get(args.customer_id)
-        if state is None:
-            return None
-        models = ClvModels(redis, settings.redis_prefix)
-        await models.load()
-        clv = customer_value(state, models, now_ms=int(time.time() * 1000), windows=settings.windows,
-                             horizon_days=settings.clv_horizon / 86400, margin=settings.clv_margin,
-                             annual_discount_rate=settings.clv_discount_rate)
-        return {**customer_body(state), "clv": clv}
+    async def lookup(store: Any) -> dict[str, object] | None:
+        clv = ClvModels(RedisClvStore(store.redis, store.keys), store)
+        return await customer_view(store, clv, rules_of(settings, journey), args.customer_id, as_of_ms=as_of)
 
-    body = with_store(settings, journey, lookup)
+    body = with_store(settings, lookup)
     if body is None:
         print(f"no customer {args.customer_id!r} in Redis at {settings.redis_url}", file=sys.stderr)
         return 1
@@ -232,24 +240,15 @@ def cmd_customer(args: argparse.Namespace) -> int:
 
 
 def cmd_gaps(args: argparse.Namespace) -> int:
-    import time
-
-    from redis.asyncio import Redis
-
     from models.durations import format_duration
-    from models.gaps import gap_report
-    from streams.journey_store import RedisJourneyStore
+    from streams.service.queries import gaps_view
 
     settings = _settings()
     journey = load_journey_map(settings.map)
-
-    async def counts(store: RedisJourneyStore, redis: Redis) -> dict[str, int]:  # noqa: ARG001
-        today = int(time.time() // 86400)
-        return await store.gap_counts(today - args.days + 1, today)
-
-    report = gap_report(journey, with_store(settings, journey, counts))
+    as_of = _as_of(args.as_of)
+    report = with_store(settings, lambda store: gaps_view(store, journey, args.days, as_of))
     if args.json:
-        print(orjson.dumps({"window_days": args.days, **report}).decode())
+        print(orjson.dumps(report).decode())
         return 0
 
     def pct(x: float | None) -> str:
@@ -258,7 +257,7 @@ def cmd_gaps(args: argparse.Namespace) -> int:
     def dur(x: float | None) -> str:
         return "-" if x is None else format_duration(x)
 
-    print(f"Gap analysis, last {args.days} days of event time\n")
+    print(f"Gap analysis, {args.days} days of event time up to {report['as_of'] or '(nothing applied yet)'}\n")
     print(f"{'stage':<15} {'reached':>8} {'to next':>8} {'drop-offs':>9} {'drop rate':>9}")
     for s in report["stages"]:
         print(
@@ -277,38 +276,41 @@ def cmd_gaps(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_clv(args: argparse.Namespace) -> int:  # noqa: ARG001
-    from redis.asyncio import Redis
-
-    from streams.clv_model import ClvModels
+def cmd_clv(args: argparse.Namespace) -> int:
+    from streams.service.clv import ClvModels
+    from streams.state.clv_store import RedisClvStore
 
     settings = _settings()
+    as_of = _as_of(args.as_of)
 
-    async def refit() -> dict[str, object]:
-        redis = Redis.from_url(settings.redis_url, socket_connect_timeout=3)
-        try:
-            return await ClvModels(redis, settings.redis_prefix).refit()
-        finally:
-            await redis.aclose()
+    async def refit(store: Any) -> dict[str, object]:
+        return await ClvModels(RedisClvStore(store.redis, store.keys), store).refit(as_of)
 
-    result = asyncio.run(refit())
+    result = with_store(settings, refit)
     print(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
     return 0 if result["model"] == "fitted" else 1
 
 
-def cmd_value(args: argparse.Namespace) -> int:
-    from redis.asyncio import Redis
+def cmd_model(args: argparse.Namespace) -> int:  # noqa: ARG001
+    from streams.state.model_store import RedisModelStore
 
-    from models.value import value_report
-    from streams.journey_store import RedisJourneyStore
+    settings = _settings()
+
+    async def reset(store: Any) -> bool:
+        return await RedisModelStore(store.redis, store.keys, model_key=settings.model_secret()).delete()
+
+    removed = with_store(settings, reset)
+    print("the propensity model snapshot was removed: the learner starts a fresh model from the examples not yet "
+          "learned" if removed else "there was no model snapshot")
+    return 0
+
+
+def cmd_value(args: argparse.Namespace) -> int:
+    from streams.service.queries import value_view
 
     settings = _settings()
     journey = load_journey_map(settings.map)
-
-    async def totals(store: RedisJourneyStore, redis: Redis) -> dict[str, float]:  # noqa: ARG001
-        return await store.value_totals()
-
-    report = value_report(journey, with_store(settings, journey, totals))
+    report = with_store(settings, lambda store: value_view(store, journey))
     if args.json:
         print(orjson.dumps(report).decode())
         return 0
@@ -325,6 +327,7 @@ def cmd_value(args: argparse.Namespace) -> int:
     for s in report["stages"]:
         print(f"  {s['stage']:<22} {s['value_created']:>10.2f} {s['customers_lost']:>8} {s['lost_revenue']:>10.2f}")
     print(f"\nUnattributed (no touch within the lookback): {report['unattributed']:.2f} {cur}")
+    print(f"As of {report['as_of'] or '(nothing applied yet)'} (event time).")
     return 0
 
 
@@ -370,7 +373,7 @@ def cmd_alerts(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from streams.bench import BenchError, BenchOptions, run_bench
+    from streams.devtools.bench import BenchError, BenchOptions, run_bench
 
     only = tuple(n.strip() for n in args.only.split(",") if n.strip()) if args.only else None
     try:
@@ -393,8 +396,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("stack", help="start, stop or inspect the local Kafka + Redis")
+    p = sub.add_parser("stack", help="start, stop or inspect the local Kafka + Redis (+ a Redis Cluster)")
     p.add_argument("action", choices=["up", "down", "status"])
+    p.add_argument("--redis-cluster", action="store_true",
+                   help="also a 3-master Redis Cluster on 127.0.0.1 (JOURNEY_STACK_CLUSTER_PORTS, default 17000-17002)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_stack)
 
@@ -412,9 +417,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_simulate)
 
     p = sub.add_parser("demo", help="stack up, worker, simulator and a live summary (the main job)")
-    p.add_argument("--customers", type=_positive_int, default=20_000)
-    p.add_argument("--rate", type=float, default=5000.0, help="events per second offered")
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--customers", type=_positive_int, default=20_000, help="simulated customers (20000)")
+    p.add_argument("--rate", type=float, default=5000.0, help="events per second offered (5000)")
+    p.add_argument("--seed", type=int, default=None, help="simulator seed (default: a new one, printed)")
     p.add_argument("--exit-when-drained", action="store_true", help="stop once every event is processed")
     p.set_defaults(func=cmd_demo)
 
@@ -427,20 +432,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("gaps", help="expected vs actual transition times, conversion and drop-off rates")
     p.add_argument("--days", type=_positive_int, default=30, help="sliding window of event-time days")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--as-of", default=None, help="end of the window (default: the stream's time)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_gaps)
 
     p = sub.add_parser("clv", help="predictive CLV model")
     p.add_argument("action", choices=["fit"], help="fit BG/NBD + Gamma-Gamma on the customers in Redis")
+    p.add_argument("--as-of", default=None, help="fit as of this time (default: the stream's time, never the clock)")
     p.set_defaults(func=cmd_clv)
 
+    p = sub.add_parser("model", help="the upsell-propensity model")
+    p.add_argument("action", choices=["reset"], help="remove the model snapshot (e.g. after it was refused)")
+    p.set_defaults(func=cmd_model)
+
     p = sub.add_parser("value", help="which touchpoints, channels and stages create or lose value")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_value)
 
     p = sub.add_parser("alerts", help="follow the alerts topic")
     p.add_argument("action", choices=["tail"])
-    p.add_argument("--type", choices=["stalled_critical_path", "drop_off"], help="only this type")
+    p.add_argument("--type", choices=["stalled_critical_path", "drop_off", "upsell_opportunity"],
+                   help="only this type")
     p.add_argument("--min-clv", type=float, default=None, help="only customers worth at least this much")
     p.add_argument("--from-beginning", action="store_true", help="start at the oldest alert, not the next one")
     p.add_argument("--max", type=_positive_int, default=None, help="stop after this many alerts")
@@ -460,8 +472,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("customer", help="print one customer's journey state")
-    p.add_argument("customer_id")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("customer_id", help="the customer id")
+    p.add_argument("--as-of", default=None, help="value figures as of this time (default: the stream's time)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_customer)
     return parser
 

@@ -12,12 +12,20 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from models.durations import parse_duration
+from models.events import parse_timestamp
 
 DEFAULT_MAP = Path(__file__).with_name("default_journey.yaml")
+LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
+# Faust reads these from the environment; the worker ignores them (see `faust_variables_set`).
+FAUST_VARIABLES = (
+    "BROKER_URL", "BROKER_CONSUMER_URL", "BROKER_PRODUCER_URL", "WEB_BIND", "WEB_HOST", "WEB_PORT",
+    "PRODUCER_ACKS", "BROKER_COMMIT_INTERVAL", "BROKER_SESSION_TIMEOUT", "CONSUMER_AUTO_OFFSET_RESET",
+    "PROCESSING_GUARANTEE", "APP_ENV_PREFIX", "TOPIC_PARTITIONS", "STREAM_BUFFER_MAXSIZE",
+)
 
 
 class Settings(BaseSettings):
@@ -30,8 +38,12 @@ class Settings(BaseSettings):
     redis_url: str = "redis://127.0.0.1:16379/0"
     web_host: str = "127.0.0.1"
     web_port: int = 6066
-    # Customer endpoints need `Authorization: Bearer <token>`; without a token they answer loopback only.
+    # Customer endpoints need `Authorization: Bearer <token>`; without a token the worker only binds
+    # to loopback, and only answers customer requests from this machine.
     api_token: SecretStr | None = None
+    # Key of the HMAC pseudonyms (logs, dashboard, erasure records, the customer directory); the same on
+    # every worker. Unset: a random key is created in `home`/pseudonym.key (fine for one machine).
+    pseudonym_key: SecretStr | None = None
     home: Path = Field(default_factory=lambda: Path.home() / ".cache" / "journey-tracker")
 
     # What the worker reads and writes
@@ -42,21 +54,31 @@ class Settings(BaseSettings):
     alerts_topic: str = "journey-alerts"
     erasure_topic: str = "journey-erasures"
     topic_partitions: int = Field(default=4, ge=1)
-    redis_prefix: str = "jt:v1"
+    redis_prefix: str = "jt:v2"
 
     # How it processes
-    batch_size: int = Field(default=500, ge=1)
+    batch_size: int = Field(default=500, ge=1, le=5000)
     batch_within: float = 0.05
     max_payload_bytes: int = Field(default=16_384, ge=64)
     max_future_skew: float = 300.0
+    # Event times before this are refused (ISO-8601 or epoch ms): history from any date can be replayed.
+    min_event_time: str = "1970-01-01T00:00:00Z"
+    # Largest order or refund value accepted (in its currency and in `currency`): larger ones are
+    # dead-lettered as value_out_of_range, and no total can overflow.
+    max_value: float = Field(default=10_000_000.0, gt=0)
     dedupe_window: float = 30 * 86400.0
     path_length: int = Field(default=20, ge=1)
     commit_interval: float = 2.8  # seconds between offset commits (Kafka Streams: commit.interval.ms)
+    # A worker that stops heartbeating (crashed) is out of the group after this long, and its partitions move.
+    session_timeout: float = Field(default=10.0, ge=6.0)
 
     # Alerts (event time): watermark = highest event time seen - allowed lateness
     allowed_lateness: float = 600.0
     idle_timeout: float = 60.0  # a partition silent this long (wall clock) lets its watermark follow the clock
-    deadline_check_interval: float = 1.0
+    deadline_check_interval: float = 1.0  # how often idle partitions are checked
+    # A stall or drop-off already overdue when a (late) event set it waits until the watermark has moved
+    # this much further: late history gets the chance to arrive before anyone is alerted.
+    late_alert_grace: float = 600.0
 
     # Customer value
     currency: str = "EUR"
@@ -74,7 +96,12 @@ class Settings(BaseSettings):
     # Key of the HMAC that authenticates model snapshots; every worker needs the same one.
     # Unset: a random key is created in `home`/model.key (fine for workers sharing one machine).
     model_key: SecretStr | None = None
-    model_channels: str = "search,social,email,display,direct,referral"  # one-hot encoded acquisition channels
+    # The acquisition channels the tracker knows: named in aggregates and one-hot encoded in the propensity
+    # features; any other channel (free text from producers) counts as `other`.
+    channels_list: str = Field(
+        default="search,social,email,display,direct,referral",
+        validation_alias=AliasChoices("JOURNEY_CHANNELS", "JOURNEY_MODEL_CHANNELS"),
+    )
     model_checkpoint_examples: int = Field(default=1000, ge=1)  # checkpoint after this many examples...
     model_checkpoint_interval: float = 10.0  # ...or this long after the first unsaved one
     model_reload_interval: float = 5.0  # how often scorers look for a newer snapshot
@@ -85,10 +112,6 @@ class Settings(BaseSettings):
     model_learn_positives: Literal["at_horizon", "at_upsell"] = "at_horizon"
     # No upsell_opportunity alerts from a model that has learned fewer examples than this (warm-up).
     model_alert_min_examples: int = Field(default=500, ge=0)
-
-    # The local stack (`journey stack up`)
-    kafka_version: str = "3.9.1"
-    kafka_heap: str = "512m"
 
     @field_validator(
         "batch_within",
@@ -104,6 +127,8 @@ class Settings(BaseSettings):
         "attribution_half_life",
         "model_checkpoint_interval",
         "model_reload_interval",
+        "late_alert_grace",
+        "session_timeout",
         mode="before",
     )
     @classmethod
@@ -112,7 +137,7 @@ class Settings(BaseSettings):
             return parse_duration(value)
         raise ValueError("expected a duration such as 90s, 15m, 2h or 3d")
 
-    @field_validator("api_token", "model_key", mode="before")
+    @field_validator("api_token", "model_key", "pseudonym_key", mode="before")
     @classmethod
     def _token(cls, value: object) -> object:
         return None if value in ("", None) else value  # an empty variable means: no token
@@ -127,6 +152,21 @@ class Settings(BaseSettings):
                     raise ValueError
             except ValueError:
                 raise ValueError(f"{part!r}: expected CODE=RATE with a positive rate, e.g. USD=0.92") from None
+        return value
+
+    @field_validator("min_event_time")
+    @classmethod
+    def _min_event_time(cls, value: str) -> str:
+        parsed = parse_timestamp(int(value) if value.lstrip("-").isdigit() else value, min_ms=-(2**62))
+        if not isinstance(parsed, int):
+            raise ValueError(f"expected an ISO-8601 time with a zone or epoch milliseconds, got {value!r}")
+        return value
+
+    @field_validator("redis_prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        if not value or "{" in value or "}" in value:
+            raise ValueError("must be non-empty and without { or } (it is part of Redis Cluster hash tags)")
         return value
 
     @field_validator("clv_windows")
@@ -148,13 +188,29 @@ class Settings(BaseSettings):
 
     @property
     def channels(self) -> tuple[str, ...]:
-        return tuple(c.strip() for c in self.model_channels.split(",") if c.strip())
+        return tuple(c.strip() for c in self.channels_list.split(",") if c.strip())
+
+    @property
+    def min_event_ms(self) -> int:
+        value = self.min_event_time
+        parsed = parse_timestamp(int(value) if value.lstrip("-").isdigit() else value, min_ms=-(2**62))
+        assert isinstance(parsed, int)  # checked when read
+        return parsed
 
     def model_secret(self) -> bytes:
         """The snapshot HMAC key: JOURNEY_MODEL_KEY, else one kept in ``home``/model.key (created once)."""
         if self.model_key is not None:
             return self.model_key.get_secret_value().encode()
-        path = self.home / "model.key"
+        return self._key_file("model.key")
+
+    def pseudonym_secret(self) -> bytes:
+        """The pseudonym HMAC key: JOURNEY_PSEUDONYM_KEY, else one kept in ``home``/pseudonym.key."""
+        if self.pseudonym_key is not None:
+            return self.pseudonym_key.get_secret_value().encode()
+        return self._key_file("pseudonym.key")
+
+    def _key_file(self, name: str) -> bytes:
+        path = self.home / name
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
             try:
@@ -195,6 +251,27 @@ class Settings(BaseSettings):
     def bootstrap_servers(self) -> list[str]:
         """The bootstrap servers as kafka-python wants them."""
         return [s.strip().removeprefix("kafka://") for s in self.kafka_bootstrap.split(",") if s.strip()]
+
+
+    @property
+    def redis_is_cluster(self) -> bool:
+        return self.redis_url.startswith(("redis+cluster://", "rediss+cluster://"))
+
+    def unsafe_exposure(self) -> str | None:
+        """Why the worker must not start as configured (None: it may): the API bound beyond this
+        machine without a token would serve customer data to anyone who can reach it."""
+        if self.api_token is None and self.web_host not in LOOPBACK:
+            return (
+                f"JOURNEY_WEB_HOST={self.web_host} exposes the API beyond this machine but JOURNEY_API_TOKEN "
+                "is not set: set a token (customer endpoints then need it), or bind to 127.0.0.1"
+            )
+        return None
+
+
+def faust_variables_set() -> list[str]:
+    """Faust's own environment variables that are set. The worker ignores them (its Faust app reads no
+    environment) and says so, so that e.g. WEB_BIND cannot silently change where the API listens."""
+    return [name for name in FAUST_VARIABLES if name in os.environ]
 
 
 def load_settings() -> Settings:

@@ -33,7 +33,7 @@ class KafkaDeadLetters:
         for letter in letters:
             key, value, headers = letter.record.key, letter.record.value, letter.headers()
             if letter.redact:  # about an erased customer: the position and reason only
-                key, value = None, None
+                key, value = None, b""
             elif value is not None and len(value) > DLQ_MAX_VALUE:
                 headers.append(("journey.error.truncated", str(len(value)).encode()))
                 value = value[:DLQ_MAX_VALUE]

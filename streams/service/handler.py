@@ -33,6 +33,7 @@ from models.events import Invalid, Reason, TouchpointEvent, decode_event
 from models.journey import Outcome
 from models.partition import Effect, Erase, Input, Rules, Scorer, Tick, process
 from models.value import check_money
+from models.watermark import Clock
 from streams.service.ports import Claim, Conflict, DeadLetter, DeadLetterSink, PartitionStore, SourceRecord
 
 log = logging.getLogger("journey.handler")
@@ -191,6 +192,30 @@ class BatchHandler:
         Raises :class:`~streams.service.ports.Fenced` when the partition was claimed by another
         worker (nothing of the batch is committed), :class:`Rewind` when the store is behind.
         """
+        for _ in range(3):
+            try:
+                return await self._handle(records, now_ms)
+            except Conflict as exc:
+                # Committed since we read: our own commit whose reply was lost (then its records are
+                # duplicates now), or a store that lost writes. Read the claim again and redo the batch.
+                claim = self.claims[records[0].partition]
+                before = claim.offset
+                log.warning("%s; reading the partition again", exc)
+                await self.store.refresh(claim)
+                if claim.offset < before:
+                    raise Rewind(claim.partition, claim.offset + 1) from None
+        raise Conflict(f"partition {records[0].partition} keeps changing under this worker")
+
+    async def reject(self, record: SourceRecord, reason: Reason, detail: str) -> None:
+        """Dead-letter one record that could not be applied, and commit the offset past it."""
+        claim = self.claims.get(record.partition) or await self.assign(record.partition)
+        if record.offset <= claim.offset:
+            return
+        await self.dead_letters.send([DeadLetter(record, reason, detail)])
+        await self.store.commit(claim, Effect(Clock(claim.clock.high_ms, claim.clock.watermark_ms)),
+                                offset=record.offset)
+
+    async def _handle(self, records: Sequence[SourceRecord], now_ms: int) -> BatchResult:
         result = BatchResult(records=len(records))
         if not records:
             return result

@@ -19,8 +19,8 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from models.partition import NO_WATERMARK
 from models.propensity import ProgressiveValidator, make_model, test_then_train
+from models.watermark import NO_WATERMARK
 from streams.service.ports_model import ExampleSource, ModelStore, Snapshot, SnapshotRefused
 
 log = logging.getLogger("journey.learner")

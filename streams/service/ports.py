@@ -16,7 +16,8 @@ from typing import Protocol
 from models.clv import OrderSummary
 from models.events import Reason
 from models.journey import JourneyState
-from models.partition import Clock, Effect
+from models.partition import Effect
+from models.watermark import Clock
 
 
 class Fenced(Exception):
@@ -68,6 +69,12 @@ class PartitionStore(Protocol):
         """Take the partition over: a new epoch (earlier claims are fenced), its offset and clock."""
         ...
 
+    async def refresh(self, claim: Claim) -> None:
+        """Read the partition's commit sequence, offset and clock again into ``claim``.
+
+        Raises :class:`Fenced` if another worker has claimed it since."""
+        ...
+
     async def load(self, claim: Claim, customer_ids: Collection[str], *, due_until: int, due_limit: int) -> Loaded:
         """The named customers, their erasure records, and the customers due up to ``due_until``
         (at most ``due_limit`` of them: ``Loaded.due_complete_until`` says how far the list is complete)."""
@@ -100,6 +107,10 @@ class StateQueries(Protocol):
         ...
 
     async def customer(self, customer_id: str) -> JourneyState | None: ...
+
+    async def partition_of(self, customer_id: str) -> int | None:
+        """The partition holding the customer (from the directory), None if unknown."""
+        ...
 
     async def aggregates(self) -> dict[str, int]:
         """The partitions' aggregate counters, summed."""

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from models.partition import Clock
 from models.propensity import Example
+from models.watermark import Clock
 
 
 class SnapshotRefused(Exception):

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import zlib
 
-DIRECTORY_BUCKETS = 1024
+DIRECTORY_BUCKETS = 4096  # ~250 customers a bucket at 1 M: small hashes (listpacks)
 
 
 class Keys:

@@ -9,8 +9,9 @@ from dataclasses import dataclass, field
 
 from models.clv import OrderSummary
 from models.journey import JourneyState
-from models.partition import Clock, Effect
+from models.partition import Effect
 from models.propensity import Example
+from models.watermark import Clock
 from streams.service.ports import Claim, Conflict, Fenced, Loaded, OutboxMessage
 from streams.state import codec
 
@@ -46,6 +47,13 @@ class MemoryStore:
         part = self.parts[partition]
         part.epoch += 1
         return Claim(partition, part.epoch, part.seq, part.offset, Clock(part.clock.high_ms, part.clock.watermark_ms))
+
+    async def refresh(self, claim: Claim) -> None:
+        part = self.parts[claim.partition]
+        if part.epoch != claim.epoch:
+            raise Fenced(f"partition {claim.partition} was claimed by another worker")
+        claim.seq, claim.offset = part.seq, part.offset
+        claim.clock = Clock(part.clock.high_ms, part.clock.watermark_ms)
 
     async def load(self, claim: Claim, customer_ids: Collection[str], *, due_until: int, due_limit: int) -> Loaded:
         part = self.parts[claim.partition]
@@ -104,6 +112,9 @@ class MemoryStore:
 
     async def ack_outbox(self, partition: int, count: int) -> None:
         del self.parts[partition].outbox[:count]
+
+    async def partition_of(self, customer_id: str) -> int | None:
+        return self.directory.get(customer_id)
 
     async def customer(self, customer_id: str) -> JourneyState | None:
         p = self.directory.get(customer_id)

@@ -16,9 +16,10 @@ from typing import Any
 
 from models.clv import OrderSummary
 from models.journey import JourneyState
-from models.partition import NO_WATERMARK, Clock, Effect, OutboxEntry
+from models.partition import Effect, OutboxEntry
 from models.privacy import pseudonym_digest
 from models.propensity import Example
+from models.watermark import NO_WATERMARK, Clock
 from streams.service.ports import Claim, Conflict, Fenced, Loaded, OutboxMessage
 from streams.state import codec
 from streams.state.keys import Keys
@@ -82,6 +83,14 @@ class RedisStore:
         epoch, seq, offset, high, wm = await self._claim(keys=[self.keys.meta(partition)])
         clock = Clock(int(high) if high else NO_WATERMARK, int(wm) if wm else NO_WATERMARK)
         return Claim(partition, int(epoch), int(seq), int(offset), clock)
+
+    async def refresh(self, claim: Claim) -> None:
+        epoch, seq, offset, high, wm = await self.redis.hmget(self.keys.meta(claim.partition),
+                                                             "epoch", "seq", "offset", "high", "wm")
+        if int(epoch or 0) != claim.epoch:
+            raise Fenced(f"partition {claim.partition} was claimed by another worker")
+        claim.seq, claim.offset = int(seq or 0), int(offset if offset is not None else -1)
+        claim.clock = Clock(int(high) if high else NO_WATERMARK, int(wm) if wm else NO_WATERMARK)
 
     async def load(self, claim: Claim, customer_ids: Collection[str], *, due_until: int, due_limit: int) -> Loaded:
         p = claim.partition

@@ -10,8 +10,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
-    from streams.app import Worker
-    from streams.pipeline import SourceRecord
+    from streams.service.handler import BatchResult
+    from streams.service.ports import SourceRecord
+    from streams.service.status import WorkerStatus
 
 # Fine from 1 ms to 1 s (at most a third apart), so a p99 read back from the buckets is within one
 # narrow bucket (`journey bench` does that); coarse beyond, where the event-time clock lands. A
@@ -28,13 +29,12 @@ BATCH_BUCKETS = (1, 5, 10, 25, 50, 100, 250, 500, 1000)
 class WorkerCollector(Collector):
     """Counters and gauges taken from the worker's own state when Prometheus scrapes."""
 
-    def __init__(self, worker: Worker) -> None:
-        self.worker = worker
-        self.lag: dict[int, int] = {}
+    def __init__(self, status: WorkerStatus) -> None:
+        self.status = status
         self.pending_deadlines: int | None = None
 
     def collect(self) -> Iterator[Any]:
-        s = self.worker.stats
+        s = self.status.stats
         for name, value, doc in (
             ("journey_events_consumed", s.consumed, "Events read from the touchpoints topic."),
             ("journey_events_applied", s.applied, "Events applied to journey state (first delivery)."),
@@ -50,42 +50,34 @@ class WorkerCollector(Collector):
         alerts = CounterMetricFamily(
             "journey_alerts_emitted", "Alert messages published.", labels=["type", "status"]
         )
-        for label, n in sorted((self.worker.alerts.emitted if self.worker.alerts else {}).items()):
+        for label, n in sorted(self.status.emitted.items()):
             kind, _, status = label.partition(":")
             alerts.add_metric([kind, status], n)
         yield alerts
         wm = GaugeMetricFamily(
             "journey_watermark_seconds", "Event-time watermark per partition (Unix seconds).", labels=["partition"]
         )
-        for p, clock in sorted(self.worker.watermarks.partitions.items()):
-            if clock.watermark_ms > 0:
-                wm.add_metric([str(p)], clock.watermark_ms / 1000)
+        for p, mark in self.status.watermarks().items():
+            wm.add_metric([str(p)], mark / 1000)
         yield wm
         lag = GaugeMetricFamily("journey_consumer_lag", "Messages not yet read, per partition.", labels=["partition"])
-        for p, n in sorted(self.lag.items()):
+        for p, n in sorted(self.status.lag().items()):
             lag.add_metric([str(p)], n)
         yield lag
-        w = self.worker
-        yield CounterMetricFamily(
-            "journey_predictions", "Propensity scoring points scored by this worker.", value=w.scorer.scored
-        )
-        yield CounterMetricFamily(
-            "journey_model_snapshots_refused",
-            "Model snapshots refused (integrity or version check).",
-            value=w.scorer.refused,
-        )
-        yield GaugeMetricFamily(
-            "journey_model_scoring_version",
-            "Version (examples learned) of the model this worker scores with.",
-            value=w.scorer.version,
-        )
-        if w.predictions_pending is not None:
+        scored, refused, version = self.status.scorer_counts
+        yield CounterMetricFamily("journey_predictions", "Propensity scoring points scored by this worker.",
+                                  value=scored)
+        yield CounterMetricFamily("journey_model_snapshots_refused",
+                                  "Model snapshots refused (integrity or version check).", value=refused)
+        yield GaugeMetricFamily("journey_model_scoring_version",
+                                "Version (examples learned) of the model this worker scores with.", value=version)
+        if self.status.predictions_pending is not None:
             yield GaugeMetricFamily(
                 "journey_model_predictions_pending",
-                "Predictions waiting for their label (this worker's partitions).",
-                value=w.predictions_pending,
+                "Predictions waiting for their label (all partitions).",
+                value=self.status.predictions_pending,
             )
-        report = w.model_report
+        report = self.status.model_report
         if report:
             yield CounterMetricFamily(
                 "journey_model_examples_learned",
@@ -112,9 +104,9 @@ class WorkerCollector(Collector):
 class WorkerMetrics:
     """The worker's registry: scrape-time collector plus per-batch histograms."""
 
-    def __init__(self, worker: Worker) -> None:
+    def __init__(self, status: WorkerStatus) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self.collector = WorkerCollector(worker)
+        self.collector = WorkerCollector(status)
         self.registry.register(self.collector)
         self.batch_size = Histogram(
             "journey_batch_size", "Events per processed batch.", buckets=BATCH_BUCKETS, registry=self.registry
@@ -129,13 +121,33 @@ class WorkerMetrics:
         self._event_time = self.latency.labels("event_time")
         self._append_time = self.latency.labels("append_time")
 
-    def observe_batch(self, records: Sequence[SourceRecord], event_times_ms: Iterable[int], now_ms: int) -> None:
+    def observe_batch(self, records: Sequence[SourceRecord], result: BatchResult, now_ms: int) -> None:
+        """Once per batch: the batch size, and the latency of each record (bucketed in one pass)."""
         self.batch_size.observe(len(records))
-        for ts in event_times_ms:
-            self._event_time.observe(max(0.0, (now_ms - ts) / 1000))
-        for r in records:
-            if r.timestamp_ms is not None:
-                self._append_time.observe(max(0.0, (now_ms - r.timestamp_ms) / 1000))
+        _observe_many(self._event_time, ((now_ms - ts) / 1000 for ts in result.applied_event_ms))
+        _observe_many(self._append_time,
+                      ((now_ms - r.timestamp_ms) / 1000 for r in records if r.timestamp_ms is not None))
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def _observe_many(histogram: Any, values: Iterable[float]) -> None:
+    """``histogram.observe`` for many values: one binary search per value and one increment per bucket
+    (``observe`` walks the bounds and takes a lock per value). Buckets are ``value <= bound``, as there."""
+    import bisect
+
+    bounds = histogram._upper_bounds  # noqa: SLF001 - prometheus_client's own bucket bounds
+    counts = [0] * len(bounds)
+    total, n = 0.0, 0
+    for v in values:
+        v = max(0.0, v)
+        counts[bisect.bisect_left(bounds, v)] += 1
+        total += v
+        n += 1
+    if not n:
+        return
+    histogram._sum.inc(total)  # noqa: SLF001
+    for i, c in enumerate(counts):
+        if c:
+            histogram._buckets[i].inc(c)  # noqa: SLF001

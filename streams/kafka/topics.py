@@ -12,22 +12,42 @@ class TopicError(Exception):
     """Topics could not be created; the message says where and why."""
 
 
+DAY_MS = 86_400_000
+#: Retention of each topic the worker creates (the README's "Personal data" section lists them).
+RETENTION_DAYS = {"touchpoints": 7, "dlq": 30, "alerts": 7, "erasures": 30}
+
+
 def topic_specs(settings: Settings) -> list[NewTopic]:
     """The topics the worker reads and writes, with their configuration."""
     partitions = settings.topic_partitions
+
+    def retention(kind: str) -> str:
+        return str(RETENTION_DAYS[kind] * DAY_MS)
+
     return [
         # LogAppendTime: the broker stamps each event when it is appended, which is what
         # the append -> applied latency is measured from.
-        NewTopic(
-            settings.touchpoints_topic,
-            partitions,
-            1,
-            topic_configs={"message.timestamp.type": "LogAppendTime"},
-        ),
-        NewTopic(settings.dlq_topic, partitions, 1, topic_configs={"retention.ms": str(30 * 86400 * 1000)}),
-        NewTopic(settings.alerts_topic, partitions, 1),
-        NewTopic(settings.erasure_topic, 1, 1),
+        NewTopic(settings.touchpoints_topic, partitions, 1, topic_configs={
+            "message.timestamp.type": "LogAppendTime", "retention.ms": retention("touchpoints")}),
+        NewTopic(settings.dlq_topic, partitions, 1, topic_configs={"retention.ms": retention("dlq")}),
+        # compact + delete: a tombstone (an erased customer) removes their alerts at the next compaction,
+        # and alerts older than the retention go anyway
+        NewTopic(settings.alerts_topic, partitions, 1, topic_configs={
+            "cleanup.policy": "compact,delete", "retention.ms": retention("alerts"),
+            "segment.ms": str(DAY_MS), "min.cleanable.dirty.ratio": "0.1"}),
+        NewTopic(settings.erasure_topic, 1, 1, topic_configs={"retention.ms": retention("erasures")}),
     ]
+
+
+def partition_count(settings: Settings) -> int:
+    """How many partitions the touchpoints topic has."""
+    admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, client_id=f"{settings.app_id}-admin",
+                             request_timeout_ms=15_000)
+    try:
+        meta = admin.describe_topics([settings.touchpoints_topic])
+        return len(meta[0]["partitions"])
+    finally:
+        admin.close()
 
 
 def ensure_topics(settings: Settings) -> list[str]:

@@ -1,4 +1,5 @@
-"""The local Kafka (KRaft) and Redis that ``journey stack up|down|status`` runs, without Docker."""
+"""The local Kafka (KRaft) and Redis (and optionally a 3-master Redis Cluster) that
+``journey stack up|down|status`` runs, without Docker. Dev tooling: the product never imports it."""
 
 from __future__ import annotations
 
@@ -17,6 +18,10 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from streams.devtools import redis_cluster
 from streams.settings import Settings
 
 Echo = Callable[[str], None]
@@ -100,8 +105,7 @@ protected-mode no
 appendonly yes
 save ""
 logfile ""
-# A customer's journey hash (about 40 fields, the path up to ~600 bytes) fits a listpack: 40 % less
-# memory per customer (2.3 KB -> 1.4 KB with dedupe and deadlines) for ~15 % more Redis CPU.
+# Small hashes (the customer directory's buckets, the partitions' aggregates) stay compact listpacks.
 hash-max-listpack-entries 256
 hash-max-listpack-value 1024
 """
@@ -109,6 +113,29 @@ hash-max-listpack-value 1024
 
 class StackError(Exception):
     """A message for the user: what failed and what to do next (no traceback needed)."""
+
+
+class StackOptions(BaseSettings):
+    """The local stack's own settings (``JOURNEY_STACK_`` variables), apart from the product's."""
+
+    model_config = SettingsConfigDict(env_prefix="JOURNEY_STACK_", extra="ignore")
+
+    kafka_version: str = "3.9.1"
+    kafka_heap: str = "512m"
+    redis_cluster: bool = False  # also run the Redis Cluster (or `journey stack up --redis-cluster`)
+    cluster_ports: str = Field(default="17000-17002", description="3 or more ports, e.g. 17000-17002")
+
+    @classmethod
+    def from_environment(cls, *, redis_cluster: bool = False) -> StackOptions:
+        options = cls()
+        if redis_cluster:
+            options = options.model_copy(update={"redis_cluster": True})
+        return options
+
+    @property
+    def cluster_url(self) -> str:
+        first = self.cluster_ports.replace("-", ",").split(",")[0].strip()
+        return f"redis+cluster://127.0.0.1:{first}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,8 +190,12 @@ def _state_dir(settings: Settings) -> Path:
     return _home(settings) / "stack"
 
 
-def _kafka_dir(settings: Settings) -> Path:
-    return _home(settings) / f"kafka-{settings.kafka_version}"
+def _kafka_dir(settings: Settings, options: StackOptions) -> Path:
+    return _home(settings) / f"kafka-{options.kafka_version}"
+
+
+def _cluster_dir(settings: Settings) -> Path:
+    return _state_dir(settings) / "redis-cluster"
 
 
 def _other_port(port: int) -> int:
@@ -338,26 +369,26 @@ def _require_tool(name: str, package: str) -> str:
     return path
 
 
-def _libs_dir(settings: Settings) -> Path:
-    return _kafka_dir(settings) / "libs"
+def _libs_dir(settings: Settings, options: StackOptions) -> Path:
+    return _kafka_dir(settings, options) / "libs"
 
 
-def _libs_complete(settings: Settings) -> bool:
+def _libs_complete(settings: Settings, options: StackOptions) -> bool:
     """Whether a previous fetch finished: the marker lists every jar it produced."""
-    marker = _kafka_dir(settings) / "libs.complete"
+    marker = _kafka_dir(settings, options) / "libs.complete"
     try:
         jars = marker.read_text().split()
     except OSError:
         return False
-    libs = _libs_dir(settings)
+    libs = _libs_dir(settings, options)
     return bool(jars) and all((libs / jar).is_file() for jar in jars)
 
 
-def _fetch_kafka(settings: Settings, echo: Echo) -> None:
+def _fetch_kafka(settings: Settings, options: StackOptions, echo: Echo) -> None:
     """Download the broker jars (and their runtime dependencies) from Maven Central."""
     mvn = _require_tool("mvn", "maven")
     _require_tool("java", "openjdk-17-jre-headless")
-    version, kafka_dir, libs = settings.kafka_version, _kafka_dir(settings), _libs_dir(settings)
+    version, kafka_dir, libs = options.kafka_version, _kafka_dir(settings, options), _libs_dir(settings, options)
     echo(f"Kafka: fetching Kafka {version} jars from Maven Central into {libs} (first run only)...")
     kafka_dir.mkdir(parents=True, exist_ok=True)
     (kafka_dir / "libs.complete").unlink(missing_ok=True)
@@ -405,25 +436,25 @@ def _write_kafka_config(service: _Service) -> None:
     (service.dir / "log4j.properties").write_text(LOG4J_PROPERTIES)
 
 
-def _java(settings: Settings, service: _Service, *extra: str) -> list[str]:
+def _java(settings: Settings, options: StackOptions, service: _Service, *extra: str) -> list[str]:
     """A java command line with the broker jars on the class path and our log4j config."""
     return [
         _require_tool("java", "openjdk-17-jre-headless"),
         f"-Dlog4j.configuration=file:{service.dir / 'log4j.properties'}",
         f"-Dkafka.logs.dir={service.dir}",
-        "-cp", f"{_libs_dir(settings)}/*",  # java expands the wildcard itself
+        "-cp", f"{_libs_dir(settings, options)}/*",  # java expands the wildcard itself
         *extra,
     ]  # fmt: skip
 
 
-def _format_kafka(settings: Settings, service: _Service, echo: Echo) -> None:
+def _format_kafka(settings: Settings, options: StackOptions, service: _Service, echo: Echo) -> None:
     """Format the KRaft storage once; meta.properties marks a formatted data dir."""
     data = service.dir / "data"
     if (data / "meta.properties").exists():
         return
     cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
     echo(f"Kafka: formatting storage in {data} (cluster id {cluster_id})...")
-    argv = _java(settings, service, "kafka.tools.StorageTool", "format", "-t", cluster_id,
+    argv = _java(settings, options, service, "kafka.tools.StorageTool", "format", "-t", cluster_id,
                  "-c", str(service.dir / "server.properties"))  # fmt: skip
     done = subprocess.run(argv, cwd=service.dir, capture_output=True, text=True, timeout=120)
     if done.returncode != 0:
@@ -433,14 +464,14 @@ def _format_kafka(settings: Settings, service: _Service, echo: Echo) -> None:
         )
 
 
-def _start_kafka(settings: Settings, service: _Service, echo: Echo) -> int:
-    if not _libs_complete(settings):
-        _fetch_kafka(settings, echo)
+def _start_kafka(settings: Settings, options: StackOptions, service: _Service, echo: Echo) -> int:
+    if not _libs_complete(settings, options):
+        _fetch_kafka(settings, options, echo)
     _write_kafka_config(service)
-    _format_kafka(settings, service, echo)
-    echo(f"Kafka: starting Kafka {settings.kafka_version} on {service.address} (log {service.log_file})...")
-    argv = _java(settings, service, "kafka.Kafka", str(service.dir / "server.properties"))
-    argv[1:1] = [*_heap_flags(settings.kafka_heap), "-Djava.awt.headless=true"]
+    _format_kafka(settings, options, service, echo)
+    echo(f"Kafka: starting Kafka {options.kafka_version} on {service.address} (log {service.log_file})...")
+    argv = _java(settings, options, service, "kafka.Kafka", str(service.dir / "server.properties"))
+    argv[1:1] = [*_heap_flags(options.kafka_heap), "-Djava.awt.headless=true"]
     return _spawn(service, argv)
 
 
@@ -524,7 +555,7 @@ def _wait_ready(service: _Service, pid: int, timeout: float) -> float:
     return time.monotonic() - started
 
 
-def _service_status(settings: Settings, service: _Service) -> ServiceStatus:
+def _service_status(settings: Settings, options: StackOptions, service: _Service) -> ServiceStatus:
     if service.host not in LOCAL_HOSTS:
         detail = f"not managed by `journey stack` ({service.env_var} points elsewhere)"
         return ServiceStatus(service.name, False, None, service.address, detail)
@@ -538,20 +569,36 @@ def _service_status(settings: Settings, service: _Service) -> ServiceStatus:
         return ServiceStatus(service.name, False, pid, service.address, detail)
     if service.name == "kafka":
         found = re.search(r"kafka-([^/\s]+)/libs", _cmdline(pid) or "")
-        version = found[1] if found else settings.kafka_version
+        version = found[1] if found else options.kafka_version
         what = f"Kafka {version} (KRaft, data in {service.dir / 'data'})"
     else:
         what = f"Redis (append-only, data in {service.dir})"
     return ServiceStatus(service.name, True, pid, service.address, f"{what}; log {service.log_file}")
 
 
-def status(settings: Settings) -> list[ServiceStatus]:
-    """Report Kafka and Redis: running or not, pid, address, and where the log is."""
-    return [_service_status(settings, _kafka(settings)), _service_status(settings, _redis(settings))]
+def _cluster_status(settings: Settings, options: StackOptions) -> ServiceStatus | None:
+    base = _cluster_dir(settings)
+    if not options.redis_cluster and not (base / "cluster.json").exists():
+        return None
+    st = redis_cluster.status(base)
+    pids = [n.pid for n in st.nodes if n.pid]
+    address = ",".join(f"127.0.0.1:{p}" for p in st.ports) or options.cluster_url
+    detail = (f"Redis Cluster, {len(st.nodes)} masters ({options.cluster_url}), data in {base}" if st.ok
+              else f"not running; data in {base}")
+    return ServiceStatus("redis-cluster", st.ok, pids[0] if pids else None, address, detail)
 
 
-def up(settings: Settings, echo: Echo = print) -> list[ServiceStatus]:
-    """Start whatever of Kafka and Redis is not running yet, and wait until both answer."""
+def status(settings: Settings, options: StackOptions | None = None) -> list[ServiceStatus]:
+    """Report Kafka and Redis (and the cluster): running or not, pid, address, and where the log is."""
+    options = options or StackOptions()
+    out = [_service_status(settings, options, _kafka(settings)), _service_status(settings, options, _redis(settings))]
+    cluster = _cluster_status(settings, options)
+    return [*out, cluster] if cluster else out
+
+
+def up(settings: Settings, options: StackOptions | None = None, echo: Echo = print) -> list[ServiceStatus]:
+    """Start whatever of Kafka and Redis (and the cluster) is not running yet, and wait until all answer."""
+    options = options or StackOptions()
     services = [_kafka(settings), _redis(settings)]
     for service in services:
         _check_local(service)
@@ -569,13 +616,20 @@ def up(settings: Settings, echo: Echo = print) -> list[ServiceStatus]:
         if pids["redis"] is None:
             pids["redis"] = _start_redis(redis, echo)
         if pids["kafka"] is None:
-            pids["kafka"] = _start_kafka(settings, kafka, echo)
+            pids["kafka"] = _start_kafka(settings, options, kafka, echo)
         for service, timeout in ((redis, REDIS_TIMEOUT), (kafka, KAFKA_TIMEOUT)):
             pid = pids[service.name]
             assert pid is not None
             waited = _wait_ready(service, pid, timeout)
             echo(f"{service.name.capitalize()}: ready on {service.address} (pid {pid}, {waited:.1f} s).")
-    return status(settings)
+        if options.redis_cluster:
+            try:
+                redis_cluster.up(_cluster_dir(settings), options.cluster_ports,
+                                 echo=lambda line: echo(f"Redis Cluster: {line}"))
+            except redis_cluster.ClusterStackError as exc:
+                raise StackError(f"Redis Cluster: {exc}") from None
+            echo(f"Redis Cluster: ready ({options.cluster_url}).")
+    return status(settings, options)
 
 
 def _signal(pid: int, sig: signal.Signals) -> None:
@@ -609,10 +663,15 @@ def _stop(service: _Service, echo: Echo) -> None:
     echo(f"{service.name.capitalize()}: stopped (data kept in {service.dir}).")
 
 
-def down(settings: Settings, echo: Echo = print) -> list[ServiceStatus]:
-    """Stop the Kafka and Redis that `up` started (only those), keeping their data."""
+def down(settings: Settings, options: StackOptions | None = None, echo: Echo = print) -> list[ServiceStatus]:
+    """Stop the Kafka, Redis and Redis Cluster that `up` started (only those), keeping their data."""
+    options = options or StackOptions()
     with _locked(settings, echo):
         # Kafka first: it is the one clients are still connected to.
         for service in (_kafka(settings), _redis(settings)):
             _stop(service, echo)
-    return status(settings)
+        if _cluster_dir(settings).exists():
+            stopped = redis_cluster.down(_cluster_dir(settings), echo=lambda line: echo(f"Redis Cluster: {line}"))
+            if stopped:
+                echo(f"Redis Cluster: stopped {len(stopped)} nodes (data kept in {_cluster_dir(settings)}).")
+    return status(settings, options)

@@ -17,8 +17,8 @@ import orjson
 
 from streams import stack
 from streams.settings import Settings
-from streams.simulate import PublishSummary, publish, simulate
-from streams.topics import ensure_topics
+from streams.devtools.simulate import PublishSummary, publish, simulate
+from streams.kafka.topics import ensure_topics
 
 
 def _get(url: str) -> Any:

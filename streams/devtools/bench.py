@@ -51,8 +51,8 @@ import orjson
 
 from streams import stack
 from streams.settings import Settings
-from streams.simulate import SimRecord, publish, simulate
-from streams.topics import ensure_topics
+from streams.devtools.simulate import SimRecord, publish, simulate
+from streams.kafka.topics import ensure_topics
 
 ROOT = Path(__file__).resolve().parents[1]
 SCENARIOS = ("drain", "scale", "latency", "memory", "deadlines")

@@ -1,0 +1,1 @@
+"""The HTTP API on the worker: views, OpenAPI and the dashboard."""

@@ -1,0 +1,1 @@
+"""Kafka: the Faust app wiring (agents, timers), topics, sinks and the batch-delivery transport."""

@@ -1,0 +1,1 @@
+"""Operations: Prometheus metrics and the journey map's text and SVG views."""

@@ -1,0 +1,1 @@
+"""The service: the batch handler, scorer, learner, CLV versions and queries, against ports (never an adapter)."""

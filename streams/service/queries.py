@@ -1,0 +1,162 @@
+"""The answers analysts ask for — a customer, the funnel, the gap analysis, the value report — built
+once, for the HTTP API and the CLI alike.
+
+Every answer is as of a moment of *event time*: the stream's time (the highest partition
+watermark; for a customer, their partition's watermark) unless the caller names one, and
+says which in ``as_of``. Nothing here reads the wall clock, so a backfilled history answers
+as living through it would have.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from models.alerts import AlertFacts, AlertStatus, AlertType, alert_id
+from models.durations import DAY_MS, iso
+from models.gaps import gap_report
+from models.journey import JourneyState, OpenAlert
+from models.journey_map import JourneyMap
+from models.partition import Rules
+from models.value import customer_value, value_report
+from models.watermark import NO_WATERMARK
+from streams.service.clv import ClvModels, stream_time
+from streams.service.ports import StateQueries
+
+
+def journey_body(state: JourneyState) -> dict[str, Any]:
+    """The journey part of a customer lookup."""
+    return {
+        "customer_id": state.customer_id,
+        "stage": state.stage,
+        "stage_since": iso(state.stage_since_ms),
+        "events": state.events,
+        "first_seen": iso(state.first_seen_ms),
+        "last_seen": iso(state.last_seen_ms),
+        "touchpoints": dict(sorted(state.touchpoints.items())),
+        "touchpoint_last_seen": {tp: iso(ms) for tp, ms in sorted(state.touchpoint_last_ms.items())},
+        "path": [{"touchpoint": tp, "at": iso(ms), "channel": ch or None} for ms, tp, ch in state.path],
+        "channel": state.channel,
+    }
+
+
+def open_alerts(state: JourneyState) -> list[dict[str, Any]]:
+    """The customer's open stall and drop-off alerts."""
+    out = []
+    pairs: list[tuple[AlertType, OpenAlert | None]] = [
+        (AlertType.STALLED_CRITICAL_PATH, state.stall_open), (AlertType.DROP_OFF, state.drop_open)]
+    for kind, alert in pairs:
+        if alert is None:
+            continue
+        facts = AlertFacts(kind, AlertStatus.OPEN, state.customer_id, alert.stage, alert.touchpoint, alert.anchor_ms,
+                           alert.expected_ms, alert.anchor_ms + alert.expected_ms, alert.next_touchpoint,
+                           alert.severity)
+        out.append({
+            "alert_id": alert_id(facts),
+            "type": kind.value,
+            "stage": alert.stage,
+            "touchpoint": alert.touchpoint,
+            "next_touchpoint": alert.next_touchpoint,
+            "since": iso(alert.anchor_ms + alert.expected_ms),
+            "severity": alert.severity,
+        })
+    return out
+
+
+async def customer_as_of(queries: StateQueries, customer_id: str) -> int | None:
+    """The customer's partition's watermark (the stream's time where they live)."""
+    p = await queries.partition_of(customer_id)
+    if p is None:
+        return None
+    clock = (await queries.clocks()).get(p)
+    return clock.watermark_ms if clock and clock.watermark_ms > NO_WATERMARK else None
+
+
+async def customer_view(
+    queries: StateQueries, clv: ClvModels, rules: Rules, customer_id: str, *, as_of_ms: int | None = None
+) -> dict[str, Any] | None:
+    """A customer lookup: journey, value (``clv``), propensity and open alerts; None if unknown."""
+    state = await queries.customer(customer_id)
+    if state is None:
+        return None
+    if as_of_ms is None:
+        as_of_ms = await customer_as_of(queries, customer_id) or state.last_seen_ms
+    model = await clv.load(max_age_s=5.0)
+    spec = rules.journey.propensity
+    propensity = None
+    if state.score is not None:
+        score, scored_ms, version = state.score
+        propensity = {
+            "score": score,
+            "scored_at": iso(scored_ms),
+            "model_version": version,
+            "horizon_seconds": spec.horizon_s,
+            "pending_labels": len(state.predictions),
+        }
+    return {
+        **journey_body(state),
+        "clv": customer_value(state, model, as_of_ms=as_of_ms, windows=rules.clv_windows,
+                              horizon_days=rules.clv_horizon_days, margin=rules.clv_margin,
+                              annual_discount_rate=rules.clv_discount_rate),
+        "propensity": propensity,
+        "open_alerts": open_alerts(state),
+        "as_of": iso(as_of_ms),
+    }
+
+
+async def resolve_as_of(queries: StateQueries, as_of_ms: int | None) -> int | None:
+    return as_of_ms if as_of_ms is not None else await stream_time(queries)
+
+
+async def gaps_view(queries: StateQueries, journey: JourneyMap, days: int, as_of_ms: int | None = None) -> dict[str, Any]:
+    """Gap analysis over the ``days`` event-time days up to ``as_of`` (default: the stream's time)."""
+    as_of_ms = await resolve_as_of(queries, as_of_ms)
+    if as_of_ms is None:
+        return {"window_days": days, "as_of": None, **gap_report(journey, {})}
+    last = as_of_ms // DAY_MS
+    counts = await queries.gap_counts(last - days + 1, last)
+    return {"window_days": days, "as_of": iso(as_of_ms), **gap_report(journey, counts)}
+
+
+async def funnel_view(queries: StateQueries, journey: JourneyMap, as_of_ms: int | None = None) -> dict[str, Any]:
+    """Customers in each stage now, with the 30-day conversion and drop-off rates."""
+    totals = await queries.aggregates()
+    gaps = await gaps_view(queries, journey, 30, as_of_ms)
+    by_stage = {s["stage"]: s for s in gaps["stages"]}
+    return {
+        "as_of": gaps["as_of"],
+        "stages": [
+            {
+                "stage": s,
+                "customers": totals.get(f"f|{s}", 0),
+                "reached_30d": by_stage[s]["reached"],
+                "conversion_rate_30d": by_stage[s]["converted_to_next"],
+                "drop_off_rate_30d": by_stage[s]["drop_off_rate"],
+            }
+            for s in journey.stages
+        ],
+    }
+
+
+async def value_view(queries: StateQueries, journey: JourneyMap) -> dict[str, Any]:
+    """Where value is created and lost, summed over the partitions, as of the stream's time."""
+    as_of_ms = await stream_time(queries)
+    return {"as_of": iso(as_of_ms) if as_of_ms is not None else None,
+            **value_report(journey, await queries.aggregates())}
+
+
+def clv_model_view(clv: ClvModels) -> dict[str, Any]:
+    model = clv.current
+    fitted = model.fit if model else None
+    return {
+        **clv.meta,
+        "bgnbd": _asdict(fitted.bgnbd) if fitted else None,
+        "gamma_gamma": _asdict(fitted.gamma_gamma) if fitted and fitted.gamma_gamma else None,
+        "n_customers": fitted.n_customers if fitted else None,
+        "log_likelihood_bgnbd": fitted.log_likelihood_bgnbd if fitted else None,
+    }
+
+
+def _asdict(value: Any) -> dict[str, Any]:
+    import dataclasses
+
+    return dataclasses.asdict(value)

@@ -1,0 +1,1 @@
+"""Redis adapters: the one key schema, the state codec, the partition store and its Lua, model and CLV stores."""
