@@ -98,6 +98,7 @@ class Effect:
 
     clock: Clock
     consumed: int = 0  # inputs processed (fewer than given when the loaded due set ran out)
+    complete: bool = True  # False: the watermark passed customers not loaded; call again (they fire first)
     outcomes: list[Outcome | None] = field(default_factory=list)  # per consumed input; None: a control input
     customers: dict[str, JourneyState | None] = field(default_factory=dict)  # changed; None: deleted
     created: set[str] = field(default_factory=set)  # customers new to the store
@@ -165,11 +166,11 @@ def process(
     due
         ``(next due, customer)`` of every customer due at or before ``due_complete_until``.
     due_complete_until
-        ``due`` lists every customer due up to this watermark. At an input that would move
-        the watermark past it, the batch fires the loaded customers (at the watermark that
-        input brings, so they fire exactly as they would in one go) and stops before the
-        input (``Effect.consumed`` says where); the caller commits, loads the next customers
-        due and goes on.
+        ``due`` lists every customer due up to this watermark. When an input moves the
+        watermark past it, the loaded customers fire (at that watermark) and the batch stops
+        after that input (``Effect.consumed`` says where); the caller commits, loads the next
+        customers due, and the next call fires them first, at the same watermark: exactly what
+        one call with everything loaded would have done.
     scorer
         The propensity model as it is now; None turns scoring off.
     clv
@@ -186,6 +187,9 @@ def process(
     erased_now = dict(erased)
     heap = list(due)
     heapq.heapify(heap)
+    # When the due set is not complete up to where an input takes the watermark, the loaded
+    # customers fire (at that watermark) and the batch stops: ties beyond them come next time.
+    fire_limit = max([due_complete_until, *(d for d, _ in due)])
     # What the store's due index holds for each loaded customer: what was due at their last commit.
     current_due: dict[str, int | None] = {cid: next_due(st, rules) for cid, st in states.items() if st is not None}
     current_due.update({cid: d for d, cid in due})
@@ -222,10 +226,8 @@ def process(
         counts = effect.gaps.setdefault(day, {})
         counts[name] = counts.get(name, 0) + 1
 
-    def fire_until(watermark: int, limit: int | None = None) -> None:
-        """Fire everything due at or before ``limit`` (default: the watermark) at this watermark,
-        in due order (ties by customer)."""
-        limit = watermark if limit is None else limit
+    def fire_until(watermark: int, limit: int) -> None:
+        """Fire everything due at or before ``limit`` at this watermark, in due order (ties by customer)."""
         while heap and heap[0][0] <= limit:
             d, cid = heapq.heappop(heap)
             if current_due.get(cid) != d:
@@ -240,32 +242,34 @@ def process(
             settled(propensity.settle(state, watermark, horizon))
             touch(state)
 
+    def advance(watermark: int) -> bool:
+        """Move the watermark and fire what it passes; False when not everything due was loaded
+        (the loaded customers fired; the rest fire, at this same watermark, at the start of the next call)."""
+        new_clock.watermark_ms = watermark
+        fire_until(watermark, min(watermark, fire_limit))
+        effect.complete = watermark <= due_complete_until
+        return effect.complete
+
+    # Leftovers: what an earlier call's watermark passed but could not fire (not loaded then).
+    if not advance(new_clock.watermark_ms):
+        return effect
     for i, item in enumerate(inputs):
+        effect.consumed = i + 1
         if isinstance(item, Tick):
-            if item.watermark_ms > due_complete_until:
-                # Not all that is due is loaded: fire what is (at the watermark the tick brings), stop here.
-                fire_until(item.watermark_ms, due_complete_until)
-                break
-            new_clock.watermark_ms = max(new_clock.watermark_ms, item.watermark_ms)
-            fire_until(new_clock.watermark_ms)
             effect.outcomes.append(None)
-            effect.consumed = i + 1
+            if item.watermark_ms > new_clock.watermark_ms and not advance(item.watermark_ms):
+                break
             continue
         if isinstance(item, Erase):
             _erase(item, states, effect, current_due)
             erased_now[item.customer_id] = effect.erased[item.customer_id]
             effect.outcomes.append(None)
-            effect.consumed = i + 1
             continue
 
         event = item
         ts = event.ts_ms
         new_wm = ts - rules.allowed_lateness_ms
         raised = ts > new_clock.high_ms and new_wm > new_clock.watermark_ms
-        if raised and new_wm > due_complete_until:
-            fire_until(new_wm, due_complete_until)  # see the Tick case above
-            break
-        effect.consumed = i + 1
         outcome = _apply(event, rules, states, erased_now, effect, alert, add_gap,
                          watermark_ms=new_wm if raised else new_clock.watermark_ms)
         effect.outcomes.append(outcome)
@@ -281,9 +285,8 @@ def process(
             touch(state)
         if ts > new_clock.high_ms:
             new_clock.high_ms = ts
-        if raised:
-            new_clock.watermark_ms = new_wm
-            fire_until(new_wm)
+        if raised and not advance(new_wm):
+            break
     return effect
 
 

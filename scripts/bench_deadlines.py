@@ -28,9 +28,10 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from streams.journey_store import Arrival, RedisJourneyStore  # noqa: E402
+
 from models.events import TouchpointEvent  # noqa: E402
 from streams.journey_file import load_journey_map  # noqa: E402
-from streams.journey_store import Arrival, RedisJourneyStore  # noqa: E402
 from streams.settings import DEFAULT_MAP, Settings  # noqa: E402
 
 T0 = 1_790_000_000_000

@@ -15,16 +15,16 @@ import time
 
 import orjson
 from redis.asyncio import Redis
+from streams.journey_store import ScoringPoint, feature_touchpoints
+from streams.propensity_store import PropensityStore
+from streams.simulate import CHANNELS
+from streams.upsell import Scorer
 
 from models.events import TouchpointEvent
 from models.journey import JourneyState
 from models.propensity import ProgressiveValidator, make_model, test_then_train
 from streams.journey_file import load_journey_map
-from streams.journey_store import ScoringPoint, feature_touchpoints
-from streams.propensity_store import PropensityStore
 from streams.settings import DEFAULT_MAP, Settings
-from streams.simulate import CHANNELS
-from streams.upsell import Scorer
 
 
 def points(n: int, seed: int = 1) -> list[ScoringPoint]:

@@ -21,9 +21,10 @@ from redis.asyncio import Redis
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from streams.journey_store import Arrival, RedisJourneyStore  # noqa: E402
+
 from models.events import TouchpointEvent  # noqa: E402
 from streams.journey_file import load_journey_map  # noqa: E402
-from streams.journey_store import Arrival, RedisJourneyStore  # noqa: E402
 from streams.settings import DEFAULT_MAP, Settings  # noqa: E402
 
 T0 = 1_790_000_000_000

@@ -49,10 +49,10 @@ from typing import Any
 
 import orjson
 
-from streams import stack
-from streams.settings import Settings
+from streams.devtools import stack
 from streams.devtools.simulate import SimRecord, publish, simulate
 from streams.kafka.topics import ensure_topics
+from streams.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 SCENARIOS = ("drain", "scale", "latency", "memory", "deadlines")

@@ -15,10 +15,10 @@ from typing import Any
 
 import orjson
 
-from streams import stack
-from streams.settings import Settings
+from streams.devtools import stack
 from streams.devtools.simulate import PublishSummary, publish, simulate
 from streams.kafka.topics import ensure_topics
+from streams.settings import Settings
 
 
 def _get(url: str) -> Any:

@@ -436,7 +436,7 @@ def _malformed(kind: str, doc: dict[str, Any], rng: random.Random, now_ms: int, 
             (
                 when.strftime("%d/%m/%Y %H:%M:%S"),  # locale formatting
                 when.isoformat(timespec="seconds"),  # local time without a zone
-                t_ms // 1000,  # epoch seconds, not milliseconds
+                -t_ms,  # a negative epoch (before 1970): a sign flipped somewhere upstream
                 "yesterday",  # a relative date straight from the UI
             )
         )

@@ -17,11 +17,9 @@ from redis.exceptions import RedisError
 
 from models.events import parse_timestamp
 from streams.http.openapi import openapi_document
-from streams.ops.metrics import WorkerMetrics
 from streams.service import queries
 from streams.service.status import WorkerStatus
 from streams.settings import LOOPBACK
-from streams.state.connect import ping_all
 
 DASHBOARD = Path(__file__).with_name("static") / "dashboard.html"
 PROXY_HEADERS = ("X-Forwarded-For", "Forwarded", "X-Real-IP")
@@ -61,7 +59,7 @@ async def _tcp_reachable(host: str, port: int, timeout: float = 2.0) -> bool:
     return True
 
 
-def register_views(app: faust.App, status: WorkerStatus, metrics: WorkerMetrics) -> None:
+def register_views(app: faust.App, status: WorkerStatus) -> None:
     """Attach the worker's HTTP views to the Faust app."""
     settings = status.settings
 
@@ -138,7 +136,7 @@ def register_views(app: faust.App, status: WorkerStatus, metrics: WorkerMetrics)
     async def reachable() -> tuple[bool, bool]:
         """Whether Kafka (a TCP connect to the bootstrap server) and Redis (PING, every node) answer."""
         try:
-            redis_ok = await asyncio.wait_for(ping_all(status.redis), 2.0)
+            redis_ok = await asyncio.wait_for(status.ping_redis(), 2.0)
         except (RedisError, OSError, TimeoutError):
             redis_ok = False
         return await _tcp_reachable(*settings.kafka_host_port), redis_ok
@@ -200,11 +198,7 @@ def register_views(app: faust.App, status: WorkerStatus, metrics: WorkerMetrics)
     @app.page("/metrics")
     class MetricsView(View):
         async def get(self, request: Request) -> Response:  # noqa: ARG002
-            try:
-                metrics.collector.pending_deadlines = await status.queries.pending_due(status.owned())
-            except (RedisError, OSError):
-                metrics.collector.pending_deadlines = None
-            return self.bytes(metrics.exposition(), content_type="text/plain; version=0.0.4")
+            return self.bytes(await status.metrics(), content_type="text/plain; version=0.0.4")
 
     @app.page("/openapi.json")
     class OpenApiView(View):

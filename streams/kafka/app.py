@@ -6,8 +6,8 @@ import logging
 from typing import Any
 
 import faust
-from aiokafka.errors import KafkaError
 import orjson
+from aiokafka.errors import KafkaError
 from faust.exceptions import ConsumerNotStarted
 from faust.types import TP
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -27,7 +27,7 @@ from streams.service.ports import SourceRecord
 from streams.service.status import WorkerStatus
 from streams.settings import Settings, faust_variables_set
 from streams.state.clv_store import RedisClvStore
-from streams.state.connect import connect
+from streams.state.connect import connect, ping_all
 from streams.state.keys import Keys
 from streams.state.model_store import RedisModelStore
 from streams.state.redis_store import RedisStore
@@ -90,8 +90,10 @@ def create_app(settings: Settings, journey: JourneyMap | None = None) -> faust.A
     publisher = OutboxPublisher(store, lambda: app.producer, settings.alerts_topic,
                                 pseudonym=lambda cid: pseudonym(pipeline.pseudonym_key, cid))
     pipeline.publisher = publisher
-    status = WorkerStatus(pipeline, publisher, redis=redis, lag=lambda: _lag(app, settings, pipeline))
+    status = WorkerStatus(pipeline, publisher, ping_redis=lambda: ping_all(redis),
+                          lag=lambda: _lag(app, settings, pipeline))
     metrics = WorkerMetrics(status)
+    status.exposition = metrics.exposition
     pipeline.observers.append(metrics.observe_batch)
     app.journey_status = status  # type: ignore[attr-defined]
 
@@ -206,7 +208,7 @@ def create_app(settings: Settings, journey: JourneyMap | None = None) -> faust.A
         log.info("journey worker: %s -> Redis %s, map %s, web http://%s:%d", settings.touchpoints_topic,
                  settings.redis_url, settings.map, settings.web_host, settings.web_port)
 
-    register_views(app, status, metrics)
+    register_views(app, status)
     return app
 
 

@@ -51,7 +51,9 @@ class OutboxPublisher:
     for one stall. One drain per partition at a time, in commit order.
     """
 
-    def __init__(self, store: PartitionStore, producer: Callable[[], Any], topic: str, *, pseudonym: Callable[[str], str]):
+    def __init__(
+        self, store: PartitionStore, producer: Callable[[], Any], topic: str, *, pseudonym: Callable[[str], str]
+    ) -> None:
         self.store = store
         self.producer = producer
         self.topic = topic

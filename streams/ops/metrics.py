@@ -31,7 +31,6 @@ class WorkerCollector(Collector):
 
     def __init__(self, status: WorkerStatus) -> None:
         self.status = status
-        self.pending_deadlines: int | None = None
 
     def collect(self) -> Iterator[Any]:
         s = self.status.stats
@@ -94,10 +93,11 @@ class WorkerCollector(Collector):
                     if value is not None:
                         family.add_metric([window], value)
                 yield family
-        if self.pending_deadlines is not None:
+        if self.status.pending_deadlines is not None:
             yield GaugeMetricFamily(
-                "journey_pending_deadlines", "Deadlines waiting in the partitions this worker owns.",
-                value=self.pending_deadlines,
+                "journey_pending_deadlines",
+                "Customers with a deadline or a label due in the partitions this worker owns.",
+                value=self.status.pending_deadlines,
             )
 
 

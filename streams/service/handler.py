@@ -245,10 +245,10 @@ class BatchHandler:
         while True:
             effect = await self._apply(claim, inputs[pos:])
             consumed = effect.consumed
-            done = pos + consumed >= len(inputs)
+            done = pos + consumed >= len(inputs) and effect.complete
             dead = self._account(effect, sources[pos : pos + consumed], result)
             # Without everything due loaded, the batch stops early: commit up to the first input not applied.
-            offset = last if done else sources[pos + consumed].offset - 1
+            offset = last if pos + consumed >= len(inputs) else sources[pos + consumed].offset - 1
             dead = [d for d in pending if d.record.offset <= offset] + dead
             pending = [d for d in pending if d.record.offset > offset]
             if dead:
@@ -294,7 +294,7 @@ class BatchHandler:
             await self.store.commit(claim, effect, offset=None)
             result.messages += len(effect.outbox)
             result.examples += len(effect.examples)
-            if effect.consumed:
+            if effect.consumed and effect.complete:
                 return result
 
     async def _apply(self, claim: Claim, inputs: Sequence[Input]) -> Effect:

@@ -107,7 +107,9 @@ async def resolve_as_of(queries: StateQueries, as_of_ms: int | None) -> int | No
     return as_of_ms if as_of_ms is not None else await stream_time(queries)
 
 
-async def gaps_view(queries: StateQueries, journey: JourneyMap, days: int, as_of_ms: int | None = None) -> dict[str, Any]:
+async def gaps_view(
+    queries: StateQueries, journey: JourneyMap, days: int, as_of_ms: int | None = None
+) -> dict[str, Any]:
     """Gap analysis over the ``days`` event-time days up to ``as_of`` (default: the stream's time)."""
     as_of_ms = await resolve_as_of(queries, as_of_ms)
     if as_of_ms is None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from models.journey_map import JourneyMap
@@ -24,12 +24,14 @@ class Published(Protocol):
 class WorkerStatus:
     """The running worker as the views and the metrics see it."""
 
-    def __init__(self, pipeline: Pipeline, publisher: Published, *, redis: Any,
+    def __init__(self, pipeline: Pipeline, publisher: Published, *, ping_redis: Callable[[], Awaitable[bool]],
                  lag: Callable[[], dict[int, int]]) -> None:
         self._pipeline = pipeline
         self._publisher = publisher
-        self.redis = redis  # for the health check only
+        self.ping_redis = ping_redis  # every Redis node answers
         self.lag = lag
+        self.exposition: Callable[[], bytes] = lambda: b""  # the metrics' text format, set by the app
+        self.pending_deadlines: int | None = None
         self.settings: Settings = pipeline.settings
         self.journey: JourneyMap = pipeline.journey
         self.queries: StateQueries = pipeline.store
@@ -42,6 +44,14 @@ class WorkerStatus:
     @property
     def scoring_enabled(self) -> bool:
         return self._pipeline.scoring_enabled
+
+    async def metrics(self) -> bytes:
+        """The Prometheus exposition, with the gauges that need Redis read now."""
+        try:
+            self.pending_deadlines = await self.queries.pending_due(self.owned())
+        except (OSError, ConnectionError):
+            self.pending_deadlines = None
+        return self.exposition()
 
     def owned(self) -> list[int]:
         return self._pipeline.owned

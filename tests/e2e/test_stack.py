@@ -6,9 +6,9 @@ import socket
 
 import pytest
 from kafka.admin import KafkaAdminClient
+from streams.stack import ServiceStatus, StackError, status, up
 
 from streams.settings import Settings
-from streams.stack import ServiceStatus, StackError, status, up
 
 pytestmark = pytest.mark.timeout(900)  # a first run fetches the Kafka jars with mvn
 

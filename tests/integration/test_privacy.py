@@ -9,8 +9,8 @@ import urllib.request
 import orjson
 import pytest
 import redis
-
 from streams.erasure import pseudonym
+
 from tests.integration.conftest import WorkerProcess, read_topic, wait_for
 
 TOKEN = "s3cret-token"

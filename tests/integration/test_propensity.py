@@ -17,12 +17,12 @@ import time
 import orjson
 import pytest
 from redis.asyncio import Redis
-
-from streams.journey_file import load_journey_map
 from streams.propensity_store import PropensityStore, SnapshotRefused, snapshot_mac
-from streams.settings import DEFAULT_MAP
 from streams.simulate import publish, simulate
 from streams.upsell import Learner, Scorer
+
+from streams.journey_file import load_journey_map
+from streams.settings import DEFAULT_MAP
 from tests.integration.conftest import WorkerProcess, read_topic, wait_for
 
 DAY = 86_400_000

@@ -10,11 +10,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from redis.asyncio import Redis
+from streams.journey_store import Arrival, InMemoryJourneyStore, RedisJourneyStore
 
 from models.events import TouchpointEvent
 from models.journey import Outcome
 from streams.journey_file import load_journey_map
-from streams.journey_store import Arrival, InMemoryJourneyStore, RedisJourneyStore
 from streams.settings import DEFAULT_MAP, Settings
 
 JOURNEY = load_journey_map(DEFAULT_MAP)

@@ -14,10 +14,10 @@ import time
 import orjson
 import pytest
 from redis.asyncio import Redis
+from streams.journey_store import Arrival, RedisJourneyStore
 
 from models.events import TouchpointEvent
 from streams.journey_file import load_journey_map
-from streams.journey_store import Arrival, RedisJourneyStore
 from streams.settings import DEFAULT_MAP
 from tests.integration.conftest import ROOT, WorkerProcess
 

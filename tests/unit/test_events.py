@@ -55,7 +55,8 @@ def test_timestamps_in_any_documented_form_agree(stamp):
         (good(value=True), Reason.WRONG_TYPE),
         (good(timestamp="yesterday"), Reason.INVALID_TIMESTAMP),
         (good(timestamp="2026-11-24T07:20:00"), Reason.INVALID_TIMESTAMP),
-        (good(timestamp=1_795_504_800), Reason.INVALID_TIMESTAMP),  # seconds, not ms
+        (good(timestamp=-1), Reason.INVALID_TIMESTAMP),  # before 1970
+        (good(timestamp="1969-12-31T23:59:59Z"), Reason.INVALID_TIMESTAMP),
         (good(timestamp=NOW + 3_600_000), Reason.TIMESTAMP_IN_FUTURE),
         (good(properties=[1]), Reason.WRONG_TYPE),
         (good(channel=3), Reason.WRONG_TYPE),
@@ -71,6 +72,20 @@ def test_invalid_input_gets_a_machine_readable_reason(raw, reason):
 def test_oversized_payload_is_refused_before_decoding():
     result = decode(good(properties={"blob": "x" * 500}), max_payload_bytes=200)
     assert isinstance(result, Invalid) and result.reason is Reason.PAYLOAD_TOO_LARGE
+
+
+def test_history_from_any_date_since_1970_is_accepted():
+    assert decode(good(timestamp="1994-03-01T12:00:00Z")).ts_ms == 762_523_200_000
+    assert decode(good(timestamp=0)).ts_ms == 0
+
+
+def test_the_earliest_event_time_is_configurable():
+    # With no history before 2000, epoch seconds sent by mistake are caught rather than read as 1970.
+    from models.events import decode_event
+
+    result = decode_event(orjson.dumps(good(timestamp=1_795_504_800)), touchpoints={"purchase"}, now_ms=NOW,
+                          min_event_ms=946_684_800_000)
+    assert isinstance(result, Invalid) and result.reason is Reason.INVALID_TIMESTAMP
 
 
 def test_small_clock_skew_is_allowed():

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import copy
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from models.events import TouchpointEvent
-from models.journey import JourneyState, Outcome, advance
+from models.journey import JourneyState, Outcome, StateLimits, apply_event, event_digest
 from models.journey_map import JourneyMap
 
 JM = JourneyMap(
@@ -22,9 +24,19 @@ WINDOW = 30 * DAY
 def apply_all(events: list[TouchpointEvent], path_length: int = 4) -> tuple[JourneyState | None, list[Outcome]]:
     state, outcomes = None, []
     for e in events:
-        state, outcome = advance(state, e, JM, dedupe_window_ms=WINDOW, path_length=path_length)
+        state, outcome = apply_event(state, e, JM, StateLimits(dedupe_window_ms=WINDOW, path_length=path_length))
         outcomes.append(outcome)
     return state, outcomes
+
+
+def comparable(state: JourneyState | None) -> JourneyState | None:
+    """The state without its dedupe set, which is pruned now and then (every 8th event), so its
+    size depends on when the pruning ran, not on what it means."""
+    if state is None:
+        return None
+    out = copy.deepcopy(state)
+    out.seen = {}
+    return out
 
 
 def ev(eid: str, tp: str, ts: int, channel: str | None = None, value: float | None = None) -> TouchpointEvent:
@@ -46,7 +58,7 @@ def test_a_late_event_does_not_move_last_seen_back_but_is_counted():
     assert outcomes == [Outcome.APPLIED, Outcome.APPLIED]
     assert state is not None
     assert (state.first_seen_ms, state.last_seen_ms, state.stage) == (1000, 5000, "purchase")
-    assert state.path == ((1000, "visit", ""), (5000, "buy", ""))
+    assert state.path == [(1000, "visit", ""), (5000, "buy", "")]
 
 
 def test_a_late_event_in_the_current_stage_moves_stage_since_back_to_when_it_was_reached():
@@ -58,14 +70,16 @@ def test_redelivery_changes_nothing():
     once, _ = apply_all([ev("1", "visit", 1000), ev("2", "buy", 2000)])
     twice, outcomes = apply_all([ev("1", "visit", 1000), ev("2", "buy", 2000), ev("1", "visit", 1000)])
     assert outcomes[-1] is Outcome.DUPLICATE
-    assert once == twice
+    assert comparable(once) == comparable(twice)
 
 
 def test_events_older_than_the_dedupe_window_are_refused_not_double_counted():
     state, outcomes = apply_all([ev("1", "visit", 0), ev("2", "buy", WINDOW + 10), ev("1", "visit", 0)])
     assert outcomes == [Outcome.APPLIED, Outcome.APPLIED, Outcome.TOO_LATE]
     assert state is not None and state.events == 2
-    assert "1" not in state.seen  # forgotten once out of the window: memory stays bounded
+    more, _ = apply_all([ev("1", "visit", 0), ev("2", "buy", WINDOW + 10),
+                         *(ev(f"n{i}", "visit", WINDOW + 20 + i) for i in range(8))])
+    assert more is not None and event_digest("1") not in more.seen  # forgotten out of the window: bounded memory
 
 
 def test_acquisition_channel_is_the_earliest_one():
@@ -95,7 +109,7 @@ def test_state_depends_on_the_set_of_events_not_their_order_or_redelivery(events
     redelivered = data.draw(st.lists(st.sampled_from(events), max_size=10))
     in_order, _ = apply_all(sorted(events, key=lambda e: e.ts_ms))
     jumbled, outcomes = apply_all([*shuffled, *redelivered])
-    assert jumbled == in_order
+    assert comparable(jumbled) == comparable(in_order)
     assert outcomes.count(Outcome.APPLIED) == len(events)
     assert jumbled is not None and jumbled.events == len(events)
     assert len(jumbled.path) == min(4, len(events))

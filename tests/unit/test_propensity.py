@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 import random
-import timeit
 from dataclasses import dataclass, field
 
 import pytest
@@ -304,65 +303,3 @@ def test_every_scoring_point_is_learned_once_after_being_judged(ops):
     assert not dl.pending
     assert len(rec.learned) == scored == dl.examples_learned == dl.validator.examples
     assert all(rec.judged_before_learning)
-
-
-# ---------------------------------------------------------------------------------------------
-# 4. Cost per event, reported, not asserted (`pytest -s` shows it)
-
-
-def test_report_cost_per_event(capsys):
-    pd = pytest.importorskip("pandas")
-    rng = random.Random(3)
-    spec = {"stages": STAGES, "touchpoints": TOUCHPOINTS, "channels": CHANNELS}
-    states = [customer(rng, c, 400 * DAY_MS) for c in range(2000)]
-    xs = [features(s, 400 * DAY_MS, **spec) for s in states]
-    ys = [s.touchpoints["demo"] >= 2 for s in states]
-    lines = []
-
-    def per_event_us(fn, n_events, repeat=2):
-        return min(timeit.repeat(fn, number=1, repeat=repeat)) / n_events * 1e6
-
-    lines.append(
-        f"features(): {per_event_us(lambda: [features(s, 400 * DAY_MS, **spec) for s in states], 2000):.2f} µs"
-    )
-    for kind in ("logistic", "tree"):
-        warm = make_model(kind)
-        for x, y in zip(xs, ys, strict=True):  # warmed up, so the tree has grown
-            warm.learn_one(x, y)
-
-        def raw(model=warm):
-            for x, y in zip(xs, ys, strict=True):
-                model.predict_proba_one(x)
-                model.learn_one(x, y)
-
-        def delayed(model=warm):
-            dl = DelayedLearner(model)
-            for i, (x, y) in enumerate(zip(xs, ys, strict=True)):
-                dl.score(str(i), x, i, 1)
-                dl.label(str(i), y)
-
-        lines.append(
-            f"{kind}: predict_proba_one+learn_one {per_event_us(raw, 2000):.1f} µs, "
-            f"DelayedLearner score+label (with validator) {per_event_us(delayed, 2000):.1f} µs"
-        )
-    # Batches score every event of the batch with the model as it was before the batch, and
-    # learn_many takes one mini-batch gradient step: not the same model as learn_one per event.
-    model = make_model("logistic")
-    for batch in (8, 32, 128, 512):
-        frames = [(pd.DataFrame(xs[i : i + batch]), pd.Series(ys[i : i + batch])) for i in range(0, len(xs), batch)]
-
-        def many(model=model, frames=frames):
-            for frame, target in frames:
-                model.predict_proba_many(frame)
-                model.learn_many(frame, target)
-
-        def build(batch=batch):
-            for i in range(0, len(xs), batch):
-                pd.DataFrame(xs[i : i + batch]), pd.Series(ys[i : i + batch])
-
-        lines.append(
-            f"logistic: predict_proba_many+learn_many, batch {batch}: {per_event_us(many, 2000):.1f} µs/event"
-            f" + {per_event_us(build, 2000):.1f} µs/event to build the DataFrames from dicts"
-        )
-    with capsys.disabled():
-        print("\n" + "\n".join(lines))

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streams.simulate import SimCustomer, SimRecord, _timestamp, simulate
+from streams.devtools.simulate import SimCustomer, SimRecord, _timestamp, simulate
 
 NOW = 1_795_000_000_000  # 2026-11-19
 DAY = 86_400_000
