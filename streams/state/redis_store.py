@@ -8,7 +8,6 @@ tag, so each is a single-slot operation on Redis Cluster too (``streams/state/ke
 
 from __future__ import annotations
 
-import asyncio
 from collections import defaultdict
 from collections.abc import Collection, Sequence
 from pathlib import Path
@@ -167,7 +166,10 @@ class RedisStore:
         for c in customer_ids:
             digest = self.digest(c)
             by_bucket[self.keys.directory(digest)][digest] = partition
-        await asyncio.gather(*(self.redis.hset(key, mapping=fields) for key, fields in by_bucket.items()))
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for key, fields in by_bucket.items():
+                pipe.hset(key, mapping=fields)
+            await pipe.execute()
 
     async def outbox(self, partition: int, limit: int) -> list[OutboxMessage]:
         return [decode_message(m) for m in await self.redis.lrange(self.keys.outbox(partition), 0, limit - 1)]
@@ -198,26 +200,26 @@ class RedisStore:
         raw = await self.redis.hget(self.keys.erased(p), self.digest(customer_id))
         return int(raw) if raw is not None else None
 
-    async def _each_partition(self, command: str, key_of: Any) -> list[Any]:
-        n = await self.partitions()
-        return list(await asyncio.gather(*(getattr(self.redis, command)(key_of(p)) for p in range(n))))
-
-    async def aggregates(self) -> dict[str, int]:
+    async def _hgetall_summed(self, keys: list[str]) -> dict[str, int]:
+        """HGETALL of many hashes (pipelined; on a cluster, per node), their fields summed."""
         total: dict[str, int] = defaultdict(int)
-        for reply in await self._each_partition("hgetall", self.keys.agg):
-            for f, v in reply.items():
-                total[f.decode()] += int(v)
-        return dict(total)
-
-    async def gap_counts(self, first_day: int, last_day: int) -> dict[str, int]:
-        n = await self.partitions()
-        keys = [self.keys.gaps(p, d) for p in range(n) for d in range(first_day, last_day + 1)]
-        total: dict[str, int] = defaultdict(int)
-        for i in range(0, len(keys), 200):
-            for reply in await asyncio.gather(*(self.redis.hgetall(key) for key in keys[i : i + 200])):
+        for i in range(0, len(keys), 1000):
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for key in keys[i : i + 1000]:
+                    pipe.hgetall(key)
+                replies = await pipe.execute()
+            for reply in replies:
                 for f, v in reply.items():
                     total[f.decode()] += int(v)
         return dict(total)
+
+    async def aggregates(self) -> dict[str, int]:
+        return await self._hgetall_summed([self.keys.agg(p) for p in range(await self.partitions())])
+
+    async def gap_counts(self, first_day: int, last_day: int) -> dict[str, int]:
+        n = await self.partitions()
+        return await self._hgetall_summed(
+            [self.keys.gaps(p, d) for p in range(n) for d in range(first_day, last_day + 1)])
 
     async def order_summaries(self) -> list[OrderSummary]:
         out: list[OrderSummary] = []
@@ -228,14 +230,20 @@ class RedisStore:
 
     async def clocks(self) -> dict[int, Clock]:
         n = await self.partitions()
-        replies = await asyncio.gather(*(self.redis.hmget(self.keys.meta(p), "high", "wm") for p in range(n)))
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for p in range(n):
+                pipe.hmget(self.keys.meta(p), "high", "wm")
+            replies = await pipe.execute()
         return {
             p: Clock(int(high) if high else NO_WATERMARK, int(wm) if wm else NO_WATERMARK)
             for p, (high, wm) in enumerate(replies)
         }
 
     async def pending_due(self, partitions: Sequence[int]) -> int:
-        return sum(await asyncio.gather(*(self.redis.zcard(self.keys.due(p)) for p in partitions)))
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for p in partitions:
+                pipe.zcard(self.keys.due(p))
+            return sum(await pipe.execute())
 
     async def examples(self, partition: int, after: str, count: int) -> list[tuple[str, Example]]:
         """Settled examples of a partition after stream id ``after`` (oldest first)."""

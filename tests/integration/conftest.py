@@ -1,7 +1,10 @@
-"""Integration fixtures: the real Kafka and Redis from `journey stack up`, a real worker process.
+"""Integration fixtures: the real Kafka, Redis and Redis Cluster from `journey stack up --redis-cluster`,
+and real worker processes.
 
 Each test module gets its own topics, consumer group, Redis key prefix and web port, so
 modules never see each other's data. Nothing here skips: a missing stack is a failure.
+"Settled" is always an observable condition (the store's committed offsets reached the topic's
+end, the outbox is empty), never a fixed sleep.
 """
 
 from __future__ import annotations
@@ -22,9 +25,13 @@ from typing import Any, TypeVar
 import orjson
 import pytest
 import redis
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from redis.cluster import RedisCluster
 
+from streams.devtools.stack import StackOptions
 from streams.settings import Settings
+from streams.state.connect import is_cluster_url, seeds
+from streams.state.keys import Keys
 
 T = TypeVar("T")
 ROOT = Path(__file__).parents[2]
@@ -48,6 +55,18 @@ def wait_for(check: Callable[[], T | None], timeout: float = 30.0, what: str = "
     pytest.fail(f"timed out after {timeout:.0f}s waiting for {what} (last value: {last!r})")
 
 
+CLUSTER_URL = StackOptions().cluster_url
+REDIS_MODES = ("single", "cluster")
+
+
+def sync_redis(url: str) -> Any:
+    """A blocking client for a test's own checks: one Redis or the cluster."""
+    if is_cluster_url(url):
+        host, port = seeds(url)[0]
+        return RedisCluster(host=host, port=port)
+    return redis.Redis.from_url(url)
+
+
 @pytest.fixture(scope="session")
 def stack() -> Settings:
     """The running local stack; fails (never skips) with a hint when it is not up."""
@@ -57,10 +76,19 @@ def stack() -> Settings:
     except redis.RedisError as exc:
         pytest.fail(f"Redis is not reachable at {settings.redis_url} ({exc}); run `journey stack up` first")
     try:
+        sync_redis(CLUSTER_URL).ping()
+    except Exception as exc:  # redis-py's cluster client raises RedisClusterException here
+        pytest.fail(f"the Redis Cluster is not reachable at {CLUSTER_URL} ({exc}); "
+                    "run `journey stack up --redis-cluster` first")
+    try:
         KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, request_timeout_ms=10_000).close()
     except Exception as exc:
         pytest.fail(f"Kafka is not reachable at {settings.kafka_bootstrap} ({exc}); run `journey stack up` first")
     return settings
+
+
+def redis_url_of(stack: Settings, mode: str) -> str:
+    return CLUSTER_URL if mode == "cluster" else stack.redis_url
 
 
 @dataclass
@@ -80,12 +108,47 @@ class WorkerProcess:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.settings.web_port}"
 
-    def start(self) -> None:
+    def start(self, *, ready: bool = True) -> None:
         with open(self.log_path, "ab") as log:  # the child keeps its own copy of the descriptor
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "streams.cli", "worker"], env=self.env, stdout=log, stderr=subprocess.STDOUT
             )
         wait_for(lambda: self.get("/healthz")[0] == 200, 60, f"the worker to be healthy (log: {self.log_path})")
+        if ready:
+            wait_for(lambda: self.get("/readyz")[0] == 200, 60, f"partitions to be assigned (log: {self.log_path})")
+
+    @property
+    def redis(self) -> Any:
+        return sync_redis(self.settings.redis_url)
+
+    @property
+    def keys(self) -> Keys:
+        return Keys(self.settings.redis_prefix)
+
+    def end_offsets(self, topic: str | None = None) -> dict[int, int]:
+        topic = topic or self.settings.touchpoints_topic
+        consumer = KafkaConsumer(bootstrap_servers=self.settings.bootstrap_servers)
+        try:
+            parts = consumer.partitions_for_topic(topic) or set()
+            ends = consumer.end_offsets([TopicPartition(topic, p) for p in parts])
+            return {tp.partition: off for tp, off in ends.items()}
+        finally:
+            consumer.close()
+
+    def drained(self) -> bool:
+        """Everything published so far is applied and committed to the store, and its alerts are
+        published: the store's offset of every partition is at the topic's end, every outbox is empty."""
+        r, k = self.redis, self.keys
+        for p, end in self.end_offsets().items():
+            offset = r.hget(k.meta(p), "offset")
+            if end and (offset is None or int(offset) < end - 1):
+                return False
+            if r.llen(k.outbox(p)):
+                return False
+        return True
+
+    def wait_drained(self, timeout: float = 120) -> None:
+        wait_for(self.drained, timeout, f"the worker to apply everything published (log: {self.log_path})")
 
     def stop(self, *, kill: bool = False) -> int | None:
         if self.proc is None or self.proc.poll() is not None:
@@ -133,41 +196,47 @@ class WorkerProcess:
             f"customer {customer_id} to match (log: {self.log_path})",
         )
 
-    def dead_letters(self, expected: int, timeout: float = 30) -> list[Any]:
-        """Read the DLQ topic from the start until ``expected`` messages have arrived."""
-        return read_topic(self.settings, self.settings.dlq_topic, at_least=expected, timeout=timeout, settle=0)
+    def dead_letters(self) -> list[Any]:
+        """Every message on the DLQ topic, once everything published is applied."""
+        self.wait_drained()
+        return read_topic(self.settings, self.settings.dlq_topic)
+
+    def alerts(self) -> list[dict[str, Any]]:
+        """Every alert on the alerts topic (tombstones left out), once everything published is applied."""
+        self.wait_drained()
+        return [orjson.loads(m.value) for m in read_topic(self.settings, self.settings.alerts_topic)
+                if m.value is not None]
 
 
-def read_topic(settings: Settings, topic: str, *, at_least: int, timeout: float = 60, settle: float = 3.0) -> list[Any]:
-    """Every message on ``topic`` from the start: wait for ``at_least``, then ``settle`` seconds more
-    (so that a message that should not be there has time to show up)."""
-    consumer = KafkaConsumer(
-        topic,
-        bootstrap_servers=settings.bootstrap_servers,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-        consumer_timeout_ms=500,
-    )
-    got: list[Any] = []
-    deadline = time.monotonic() + timeout
-    settled_at = None
+def read_topic(settings: Settings, topic: str, *, timeout: float = 60) -> list[Any]:
+    """Every message on ``topic`` now: read from the start up to its current end offsets.
+
+    Call it once the worker is drained (:meth:`WorkerProcess.wait_drained`): nothing more can
+    arrive then, so what is read is complete."""
+    consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False,
+                             consumer_timeout_ms=1000)
     try:
-        while time.monotonic() < deadline:
-            got.extend(consumer)
-            if len(got) >= at_least:
-                settled_at = settled_at or time.monotonic()
-                if time.monotonic() - settled_at >= settle:
-                    break
+        parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        consumer.assign(parts)
+        consumer.seek_to_beginning(*parts)
+        ends = consumer.end_offsets(parts)
+        got: list[Any] = []
+        deadline = time.monotonic() + timeout
+        while any(consumer.position(tp) < end for tp, end in ends.items()):
+            if time.monotonic() > deadline:
+                pytest.fail(f"timed out reading {topic} up to its end offsets {ends}")
+            for batch in consumer.poll(timeout_ms=500).values():
+                got.extend(batch)
+        return sorted(got, key=lambda m: (m.partition, m.offset))
     finally:
         consumer.close()
-    return got
 
 
 def _cleanup(settings: Settings) -> None:
-    client = redis.Redis.from_url(settings.redis_url)
-    keys = list(client.scan_iter(match=f"{settings.redis_prefix}:*", count=10_000))
-    for i in range(0, len(keys), 500):
-        client.delete(*keys[i : i + 500])
+    client = sync_redis(settings.redis_url)
+    for pattern in Keys(settings.redis_prefix).patterns():
+        for key in list(client.scan_iter(match=pattern, count=10_000)):
+            client.delete(key)
     admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
     try:
         topics = [settings.touchpoints_topic, settings.dlq_topic, settings.alerts_topic, settings.erasure_topic]
@@ -194,6 +263,7 @@ def make_worker_env(stack: Settings, tmp: Path, **overrides: str) -> dict[str, s
             "JOURNEY_TOPIC_PARTITIONS": "2",
             "JOURNEY_BATCH_WITHIN": "0.02",
             "JOURNEY_MODEL_KEY": "integration-test-model-key",
+            "JOURNEY_PSEUDONYM_KEY": "integration-test-pseudonym-key",
             "PYTHONPATH": str(ROOT),
         }
     )
@@ -209,13 +279,14 @@ def settings_of(env: dict[str, str]) -> Settings:
 def worker_factory(stack: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., WorkerProcess]]:
     """Make (not start) workers with their own topics, group, prefix and port; cleaned up at the end.
 
-    Keyword arguments are extra environment variables, e.g. ``JOURNEY_IDLE_TIMEOUT="1h"``.
+    Keyword arguments are extra environment variables, e.g. ``JOURNEY_IDLE_TIMEOUT="1h"``;
+    ``redis="cluster"`` runs the worker on the Redis Cluster.
     """
     made: list[WorkerProcess] = []
 
-    def make(**overrides: str) -> WorkerProcess:
+    def make(redis: str = "single", **overrides: str) -> WorkerProcess:
         tmp = tmp_path_factory.mktemp("worker")
-        env = make_worker_env(stack, tmp, **overrides)
+        env = make_worker_env(stack, tmp, **{"JOURNEY_REDIS_URL": redis_url_of(stack, redis), **overrides})
         w = WorkerProcess(settings_of(env), env, tmp / "worker.log")
         made.append(w)
         return w
