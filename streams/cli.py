@@ -372,6 +372,75 @@ def cmd_alerts(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_backfill(args: argparse.Namespace) -> int:
+    import time
+
+    from streams.kafka.topics import ensure_topics
+    from streams.ops import backfill
+
+    settings = _settings()
+    journey = load_journey_map(settings.map)
+    now_ms = int(time.time() * 1000)
+    lines = backfill.read_lines(args.file)
+    show = sys.stderr.isatty() and not args.quiet
+
+    def progress(n: int, seconds: float) -> None:
+        if show:
+            print(f"\r  {n:,} lines in {seconds:.0f} s ({n / max(seconds, 1e-9):,.0f}/s)", end="", file=sys.stderr)
+
+    try:
+        if args.dry_run:
+            summary = backfill.Summary()
+            for line in lines:
+                summary.lines += 1
+                problem = backfill.check(line, journey, now_ms=now_ms, currency=settings.currency,
+                                         rates=settings.rates, max_value=settings.max_value,
+                                         max_payload_bytes=settings.max_payload_bytes,
+                                         min_event_ms=settings.min_event_ms)
+                if problem is not None:
+                    summary.invalid[problem.reason.value] += 1
+                    if len(summary.examples) < 10:
+                        summary.examples.append(f"line {line.number}: {problem.reason.value}: {problem.detail}")
+            bad = sum(summary.invalid.values())
+            print(f"{summary.lines:,} lines: {summary.lines - bad:,} would be applied, {bad:,} dead-lettered"
+                  + (f" ({', '.join(f'{n} {r}' for r, n in sorted(summary.invalid.items()))})" if bad else ""))
+            for example in summary.examples:
+                print(f"  {example}")
+            return 0 if bad == 0 else 1
+        ensure_topics(settings)
+        summary = backfill.publish(lines, bootstrap_servers=settings.bootstrap_servers,
+                                   topic=settings.touchpoints_topic, rate=args.rate, progress=progress)
+    except backfill.BackfillError as exc:
+        raise UserError(str(exc)) from None
+    if show:
+        print(file=sys.stderr)
+    print(f"sent {summary.sent:,} of {summary.lines:,} lines to {settings.touchpoints_topic} "
+          f"in {summary.seconds:.1f} s")
+    if args.no_wait or not summary.sent:
+        return 0
+
+    def applied(n: int, total: int) -> None:
+        if show:
+            print(f"\r  applied by the worker: {n:,} of {total:,}", end="", file=sys.stderr)
+
+    async def wait(store: Any) -> bool:
+        return await backfill.wait_applied(summary, store.offsets, timeout=args.timeout, progress=applied)
+
+    done = with_store(settings, wait)
+    if show:
+        print(file=sys.stderr)
+    if not done:
+        raise Unavailable(f"the worker had not applied everything within {args.timeout:.0f} s: is `journey worker` "
+                          "running? (the records are on the topic; run again with --no-wait to skip waiting)")
+    reasons = backfill.dead_letters_of(summary, bootstrap_servers=settings.bootstrap_servers,
+                                       source_topic=settings.touchpoints_topic, dlq_topic=settings.dlq_topic,
+                                       since_ms=now_ms - 60_000)
+    dead = sum(reasons.values())
+    print(f"the worker applied or recognised as duplicates {summary.sent - dead:,} and dead-lettered {dead:,}"
+          + (f" ({', '.join(f'{n} {r}' for r, n in sorted(reasons.items()))})" if dead else ""))
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from streams.devtools.bench import BenchError, BenchOptions, run_bench
 
@@ -459,6 +528,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=None, help="stop after this many seconds without an alert")
     p.add_argument("--json", action="store_true", help="one JSON alert per line")
     p.set_defaults(func=cmd_alerts)
+
+    p = sub.add_parser("backfill", help="publish a history (JSON lines or CSV) to the touchpoints topic")
+    p.add_argument("file", help="JSON lines or CSV with a header row; - reads standard input")
+    p.add_argument("--rate", type=float, default=0.0, help="lines per second (default 0: as fast as possible)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="publish nothing: check every line and say what the worker would dead-letter")
+    p.add_argument("--no-wait", action="store_true", help="do not wait for the worker to apply what was sent")
+    p.add_argument("--timeout", type=float, default=600.0, help="how long to wait for the worker (600 s)")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.set_defaults(func=cmd_backfill)
 
     p = sub.add_parser("bench", help="benchmark the whole pipeline on the local stack against a naive baseline")
     p.add_argument("--quick", action="store_true", help="a short smoke run (under a minute)")

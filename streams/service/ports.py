@@ -128,6 +128,10 @@ class StateQueries(Protocol):
         """Each partition's committed clock."""
         ...
 
+    async def offsets(self) -> dict[int, int]:
+        """Each partition's last applied offset (-1: none)."""
+        ...
+
     async def pending_due(self, partitions: Sequence[int]) -> int:
         """Customers with something due in these partitions."""
         ...

@@ -143,6 +143,9 @@ class MemoryStore:
     async def clocks(self) -> dict[int, Clock]:
         return {p: part.clock for p, part in self.parts.items()}
 
+    async def offsets(self) -> dict[int, int]:
+        return {p: part.offset for p, part in self.parts.items()}
+
     async def pending_due(self, partitions: Sequence[int]) -> int:
         return sum(len(self.parts[p].due) for p in partitions)
 

@@ -239,6 +239,14 @@ class RedisStore:
             for p, (high, wm) in enumerate(replies)
         }
 
+    async def offsets(self) -> dict[int, int]:
+        n = await self.partitions()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for p in range(n):
+                pipe.hget(self.keys.meta(p), "offset")
+            replies = await pipe.execute()
+        return {p: int(v) if v is not None else -1 for p, v in enumerate(replies)}
+
     async def pending_due(self, partitions: Sequence[int]) -> int:
         async with self.redis.pipeline(transaction=False) as pipe:
             for p in partitions:

@@ -473,7 +473,7 @@ def test_matches_the_lifetimes_package(base: Population, fitted: FitResult):
     with warnings.catch_warnings():
         # lifetimes and the pandas it drives warn about their own deprecations on import and use
         warnings.simplefilter("ignore")
-        lifetimes = pytest.importorskip("lifetimes")
+        import lifetimes  # a test-only dependency (the `test` extra): never skipped
         import pandas as pd
 
         bg, gg = fitted.bgnbd, fitted.gamma_gamma
@@ -530,10 +530,30 @@ def _fields(obj) -> dict[str, float]:
 
 @pytest.mark.parametrize("a", [215.0, 800.0, 3200.0, 1e5])
 def test_predictions_stay_finite_and_continuous_for_nearly_homogeneous_dropout(a):
-    """Found in the stream: fits with a, b in the thousands made (1-z)^(a-1) * 2F1 a 0 * inf."""
+    """Found in the stream: fits with a, b in the thousands made (1-z)^(a-1) * 2F1 a 0 * inf.
+
+    With b = 6.5 a, the dropout probability per purchase is a/(a+b) = 1/7.5 for every a: the
+    predictions must be finite, move smoothly with a, and agree with `lifetimes` where its own
+    evaluation is still finite (a = 215)."""
     from models.clv import BGNBDParams, FitResult, GammaGammaParams, predict
 
-    fitted = FitResult(BGNBDParams(1.27, 60.15, a, a * 6.5), GammaGammaParams(6, 4, 15), 401, 300, -1.0, -1.0, False)
-    p = predict(fitted, x=3, t_x=97.9, T=99.9, m=25, horizon_days=365, margin=0.3, annual_discount_rate=0.1)
-    assert p.expected_purchases == pytest.approx(4.3808, abs=0.005)
-    assert p.predicted_clv == pytest.approx(32.45, abs=0.05)
+    def expected(a_: float) -> float:
+        fitted = FitResult(BGNBDParams(1.27, 60.15, a_, a_ * 6.5), GammaGammaParams(6, 4, 15), 401, 300, -1.0, -1.0,
+                           False)
+        p = predict(fitted, x=3, t_x=97.9, T=99.9, m=25, horizon_days=365, margin=0.3, annual_discount_rate=0.1)
+        assert math.isfinite(p.expected_purchases) and math.isfinite(p.predicted_clv) and p.expected_purchases > 0
+        return p.expected_purchases
+
+    here, near = expected(a), expected(a * 1.001)
+    assert near == pytest.approx(here, rel=1e-3)  # continuous in a
+    if a == 215.0:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import lifetimes
+            import pandas as pd
+
+            bgf = lifetimes.BetaGeoFitter()
+            bgf.params_ = pd.Series({"r": 1.27, "alpha": 60.15, "a": a, "b": a * 6.5})
+            theirs = float(bgf.conditional_expected_number_of_purchases_up_to_time(365, 3, 97.9, 99.9))
+        assert expected_purchases(BGNBDParams(1.27, 60.15, a, a * 6.5), 365, 3, 97.9, 99.9) == pytest.approx(
+            theirs, rel=1e-9)
