@@ -26,8 +26,11 @@ class ClvStore(Protocol):
 
 
 async def stream_time(queries: StateQueries) -> int | None:
-    """The stream's time: the highest committed watermark over the partitions (None: nothing yet)."""
-    marks = [c.watermark_ms for c in (await queries.clocks()).values() if c.watermark_ms > NO_WATERMARK]
+    """The stream's time: the latest event time applied, over the partitions (None: nothing yet).
+
+    Every purchase the store holds happened at or before it, so a fit as of it is the batch fit
+    of those purchases as of that date."""
+    marks = [c.high_ms for c in (await queries.clocks()).values() if c.high_ms > NO_WATERMARK]
     return max(marks) if marks else None
 
 

@@ -1,8 +1,8 @@
 """The answers analysts ask for — a customer, the funnel, the gap analysis, the value report — built
 once, for the HTTP API and the CLI alike.
 
-Every answer is as of a moment of *event time*: the stream's time (the highest partition
-watermark; for a customer, their partition's watermark) unless the caller names one, and
+Every answer is as of a moment of *event time*: the stream's time (the latest event time
+applied; for a customer, the latest in their partition) unless the caller names one, and
 says which in ``as_of``. Nothing here reads the wall clock, so a backfilled history answers
 as living through it would have.
 """
@@ -63,12 +63,12 @@ def open_alerts(state: JourneyState) -> list[dict[str, Any]]:
 
 
 async def customer_as_of(queries: StateQueries, customer_id: str) -> int | None:
-    """The customer's partition's watermark (the stream's time where they live)."""
+    """The latest event time applied in the customer's partition (the stream's time where they live)."""
     p = await queries.partition_of(customer_id)
     if p is None:
         return None
     clock = (await queries.clocks()).get(p)
-    return clock.watermark_ms if clock and clock.watermark_ms > NO_WATERMARK else None
+    return clock.high_ms if clock and clock.high_ms > NO_WATERMARK else None
 
 
 async def customer_view(
