@@ -57,8 +57,8 @@ class Settings(BaseSettings):
     redis_prefix: str = "jt:v2"
 
     # How it processes
+    # At most this many records per fetch; each partition's share of a fetch is one batch.
     batch_size: int = Field(default=500, ge=1, le=5000)
-    batch_within: float = 0.05
     max_payload_bytes: int = Field(default=16_384, ge=64)
     max_future_skew: float = 300.0
     # Event times before this are refused (ISO-8601 or epoch ms): history from any date can be replayed.
@@ -114,7 +114,6 @@ class Settings(BaseSettings):
     model_alert_min_examples: int = Field(default=500, ge=0)
 
     @field_validator(
-        "batch_within",
         "max_future_skew",
         "dedupe_window",
         "commit_interval",

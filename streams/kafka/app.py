@@ -73,6 +73,7 @@ def create_app(settings: Settings, journey: JourneyMap | None = None) -> faust.A
         broker_commit_interval=settings.commit_interval,
         broker_session_timeout=settings.session_timeout,
         broker_heartbeat_interval=min(3.0, settings.session_timeout / 3),
+        broker_max_poll_records=settings.batch_size,  # a batch: what one fetch returns, at most this many
         stream_buffer_maxsize=64,
         env={},  # Faust's own environment variables (WEB_BIND, BROKER_URL, ...) must not override ours
     )
@@ -97,7 +98,7 @@ def create_app(settings: Settings, journey: JourneyMap | None = None) -> faust.A
     pipeline.observers.append(metrics.observe_batch)
     app.journey_status = status  # type: ignore[attr-defined]
 
-    touchpoints = app.topic(settings.touchpoints_topic, schema=BatchSchema(), maxsize=64)
+    touchpoints = app.topic(settings.touchpoints_topic, schema=BatchSchema(), maxsize=16)  # batches, not records
 
     async def batch_positions(tps: list[TP]) -> dict[TP, int]:
         # On assignment: claim the partitions (fencing out their earlier owner) and resume each

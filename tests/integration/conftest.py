@@ -261,7 +261,6 @@ def make_worker_env(stack: Settings, tmp: Path, **overrides: str) -> dict[str, s
             "JOURNEY_REDIS_PREFIX": f"jt:test:{suffix}",
             "JOURNEY_WEB_PORT": str(free_port()),
             "JOURNEY_TOPIC_PARTITIONS": "2",
-            "JOURNEY_BATCH_WITHIN": "0.02",
             "JOURNEY_MODEL_KEY": "integration-test-model-key",
             "JOURNEY_PSEUDONYM_KEY": "integration-test-pseudonym-key",
             "PYTHONPATH": str(ROOT),
