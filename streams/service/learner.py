@@ -4,7 +4,8 @@ Examples are settled in every partition's commit and appended to that partition'
 The learner learns them in ``(settled_ms, partition, order in the partition)`` order, and only
 those settled below the lowest partition watermark: every partition has committed all its
 examples below that mark, so the order, and the model it produces, depend on the records alone,
-not on how fast each partition was processed. It checkpoints the model with how far it got in
+not on how fast each partition was processed. (The examples settled at the lowest watermark
+itself wait until it moves on: at the latest, the idle timeout later.) It checkpoints the model with how far it got in
 each stream; a restarted learner (a crash, another leader) resumes there, learning nothing twice.
 
 A snapshot that fails its integrity check is never replaced: the learner stops learning (and
@@ -65,8 +66,8 @@ class Learner:
         try:
             snapshot = await self.models.load()
         except SnapshotRefused as exc:
-            self.refused += 1
-            if self.stopped is None:
+            if self.stopped is None:  # counted once per refusal, not once per look
+                self.refused += 1
                 log.error("refusing model snapshot: %s; learning is stopped until the snapshot is readable again "
                           "or reset with `journey model reset` (scoring goes on with the last good model)", exc)
             self.stopped = f"model snapshot refused: {exc}"
@@ -103,17 +104,19 @@ class Learner:
         clocks = await self.source.clocks()
         bound = min(clocks[p].watermark_ms if p in clocks else NO_WATERMARK for p in range(n))
         items = []
+        last_read: list[tuple[int, int, int]] = []  # the key of the last example read, per partition read in part
         for p in range(n):
             entries = await self.source.examples(p, snap.position.get(p, "0-0"), self.read_count)
-            if len(entries) == self.read_count:  # more may follow: nothing past the last one read
-                bound = min(bound, entries[-1][1].settled_ms)
-            items += [(e.settled_ms, p, k, i, e) for k, (i, e) in enumerate(entries)]
+            items += [((e.settled_ms, p, k), i, e) for k, (i, e) in enumerate(entries)]
+            if len(entries) == self.read_count:  # more may follow, all of them after this one
+                last_read.append((entries[-1][1].settled_ms, p, len(entries) - 1))
+        limit = min(last_read) if last_read else None
         learned = 0
-        for settled, p, _, entry_id, e in sorted(items, key=lambda t: t[:3]):
-            if settled >= bound:
-                continue
+        for key, entry_id, e in sorted(items, key=lambda t: t[0]):
+            if key[0] >= bound or (limit is not None and key > limit):
+                break
             test_then_train(snap.model, snap.validator, e.features, e.y, e.proba, e.predicted)
-            snap.position[p] = entry_id
+            snap.position[key[1]] = entry_id
             snap.version += 1
             learned += 1
         snap.learned_until = max(snap.learned_until, bound)

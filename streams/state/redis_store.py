@@ -260,5 +260,5 @@ class RedisStore:
 
     async def trim_examples(self, partition: int, upto: str) -> None:
         """Forget the examples up to and including ``upto`` (learned and checkpointed)."""
-        await self.redis.xtrim(self.keys.examples(partition), minid=upto)
+        await self.redis.xtrim(self.keys.examples(partition), minid=upto, approximate=False)
         await self.redis.xdel(self.keys.examples(partition), upto)
