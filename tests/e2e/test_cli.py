@@ -54,6 +54,12 @@ def test_the_worker_says_what_to_do_when_redis_is_not_there(journey):
     assert "Traceback" not in result.stderr
 
 
+def test_the_worker_refuses_to_serve_beyond_this_machine_without_a_token(journey):
+    result = journey("worker", env={"JOURNEY_WEB_HOST": "0.0.0.0", "JOURNEY_API_TOKEN": ""}, timeout=60)  # noqa: S104
+    assert result.returncode == 2
+    assert "JOURNEY_API_TOKEN is not set" in result.stderr and "Traceback" not in result.stderr
+
+
 def test_a_bad_setting_names_the_variable(journey):
     result = journey("map", "show", env={"JOURNEY_WEB_PORT": "lots"})
     assert result.returncode == 2
@@ -70,6 +76,23 @@ def test_looking_up_an_unknown_customer_says_so(journey):
     result = journey("customer", "no-such-customer-anywhere", env={"JOURNEY_REDIS_PREFIX": "jt:test:empty"})
     assert result.returncode == 1
     assert "no customer 'no-such-customer-anywhere'" in result.stderr
+
+
+def test_backfill_dry_run_says_what_would_be_dead_lettered(journey, tmp_path: Path):
+    history = tmp_path / "history.csv"
+    history.write_text(
+        "event_id,customer_id,touchpoint,timestamp,value\n"
+        "e1,c1,site_visit,1994-03-01T12:00:00Z,\n"
+        "e2,c1,purchase,1994-03-02T12:00:00Z,19.90\n"
+        "e3,c2,teleport,1994-03-02T12:00:00Z,\n"
+        "e4,c2,purchase,1994-03-03T12:00:00Z,\n"
+    )
+    result = journey("backfill", str(history), "--dry-run")
+    assert result.returncode == 1, result.stderr
+    assert "4 lines: 2 would be applied, 2 dead-lettered (1 missing_field, 1 unknown_touchpoint)" in result.stdout
+    assert "line 4: unknown_touchpoint" in result.stdout and "line 5: missing_field" in result.stdout
+    missing = journey("backfill", str(tmp_path / "nope.jsonl"), "--dry-run")
+    assert missing.returncode == 2 and "cannot read" in missing.stderr and "Traceback" not in missing.stderr
 
 
 def test_docker_compose_file_is_valid():

@@ -170,25 +170,24 @@ def test_the_dashboard_shows_the_workers_live_numbers_in_a_real_browser(worker: 
     w.send(ev("bad1", "dash-bad", "teleport", now))
     applied, expected_stages = 21, {"awareness": 3, "consideration": 2, "purchase": 1, "retention": 1, "advocacy": 1}
 
-    w.wait_customer(c["ann"], lambda s: s["events"] == 6)
-    w.wait_customer(c["eve"], lambda s: s["events"] == 2)
+    w.wait_drained()
 
-    # Wait until everything the page shows has settled (alerts fire on the deadline timer).
+    # Settled: the partitions went idle (1 s), their watermarks followed the clock and what was overdue
+    # fired: ann's stall (no onboarding 5 days after buying) and ben's drop-off (3 days silent). Nothing
+    # else is due for a day, so the numbers stay put while the browser reads them.
     def settled() -> dict[str, Any] | None:
-        first = snapshot(w)
-        time.sleep(1.5)
-        second = snapshot(w)
-        stats = second["stats"]
-        done = (stats["applied"] == applied and stats["duplicates"] == 2 and stats["dead_letters"] == 2
-                and stats["alerts_emitted"] >= 2 and second["alerts"]["alerts"])
-        return second if done and first == second else None
+        now = snapshot(w)
+        kinds = {(a["customer"], a["type"]) for a in now["alerts"]["alerts"]}
+        return now if {(alias[c["ann"]], "stalled_critical_path"), (alias[c["ben"]], "drop_off")} <= kinds else None
 
-    before = wait_for(settled, 60, "the worker's numbers to settle")
+    from models.privacy import pseudonym
+
+    alias = {cid: pseudonym(b"integration-test-pseudonym-key", cid) for cid in c.values()}
+    before = wait_for(settled, 60, "ann's stall and ben's drop-off")
     stats = before["stats"]
     assert {s["stage"]: s["customers"] for s in before["funnel"]["stages"]} == expected_stages
 
     # 1. The page as the browser renders it after several polls.
-    started = time.monotonic()
     dom = run_chromium(tmp_path / "profile-dom", "--dump-dom", w.base_url + "/").stdout
     after = snapshot(w)
     assert after == before, "the worker's numbers changed while the page was loading"
@@ -220,7 +219,7 @@ def test_the_dashboard_shows_the_workers_live_numbers_in_a_real_browser(worker: 
     assert int(value("alerts-emitted")) == stats["alerts_emitted"]
     assert int(value("batches")) == stats["batches"]
     assert int(value("redis-errors")) == 0
-    assert float(value("events-per-second")) >= 0
+    assert float(value("events-per-second")) == 0  # nothing flowed while the page polled
     by_type = stats["alerts_emitted_by_type"]
     open_stalls = by_type.get("stalled_critical_path:open", 0) - by_type.get("stalled_critical_path:resolved", 0)
     assert open_stalls >= 1  # ann never onboarded
@@ -271,17 +270,11 @@ def test_the_dashboard_shows_the_workers_live_numbers_in_a_real_browser(worker: 
         assert float(value(f"value-{tp}")) == linear
     assert sum(touchpoints.values()) == pytest.approx(65.0)
 
-    # the model panel: "not trained yet" until a label has been learned, else its figures
+    # the model panel: ann was scored after her purchase, dev after his and after onboarding; their 14-day
+    # horizons are not over, so no label has been learned and the panel says so
     status, model = before["model"]
-    assert status == 200
-    if model["roc_auc"] is None:
-        assert text("model-status") == (
-            f"model not trained yet: no labels so far ({model['predictions_pending']} predictions waiting)"
-        )
-    else:
-        assert status == 200
-        assert float(value("model-auc")) == pytest.approx(model["roc_auc"])
-        assert int(value("model-examples")) == model["examples_learned"]
+    assert status == 200 and model["roc_auc"] is None and model["predictions_pending"] == 3
+    assert text("model-status") == "model not trained yet: no labels so far (3 predictions waiting)"
 
     # watermarks: one row per partition the worker owns
     partitions = sorted(w.get("/worker/stats")[1]["watermarks"])
@@ -297,4 +290,3 @@ def test_the_dashboard_shows_the_workers_live_numbers_in_a_real_browser(worker: 
     png = SCREENSHOT.read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n")
     assert len(png) > 30_000, f"the screenshot is only {len(png)} bytes: probably a blank page"
-    assert time.monotonic() - started < 120
