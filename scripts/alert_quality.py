@@ -26,9 +26,8 @@ from kafka import KafkaConsumer
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from streams.simulate import publish, simulate  # noqa: E402
-from streams.topics import ensure_topics  # noqa: E402
-
+from streams.devtools.simulate import publish, simulate  # noqa: E402
+from streams.kafka.topics import ensure_topics  # noqa: E402
 from streams.settings import Settings  # noqa: E402
 
 

@@ -4,7 +4,7 @@
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
-bash scripts/setup.sh test
+bash scripts/setup.sh test,bench
 
 # docker-compose (Debian's v1 package) validates docker-compose.yml without a Docker engine.
 if ! command -v docker-compose >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
@@ -18,7 +18,7 @@ if ! command -v chromium >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get 
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null
 fi
 
-.venv/bin/journey stack up
+.venv/bin/journey stack up --redis-cluster
 mkdir -p test-output
 set +e
 .venv/bin/python -m pytest "$@"
