@@ -287,8 +287,8 @@ def planted(worker_factory, tmp_path_factory):
                     send_to_both_partitions(w, {"event_id": f"clock{k}", "customer_id": "clock",
                                                 "touchpoint": "site_visit", "timestamp": t0 + day * DAY})
             w.wait_drained()
-            onboarded = 1500
-            wait_for(lambda w=w: w.get("/model")[1]["examples_learned"] == onboarded, 120, "every label learned")
+            # every customer onboarded: 1,500 scoring points, 1,500 labels
+            wait_for(lambda w=w: w.get("/model")[1]["examples_learned"] == 1500, 120, "every label learned")
             workers.append(w)
         out[signal] = workers
     return out
