@@ -7,11 +7,10 @@ from dataclasses import replace
 from typing import Any
 
 from models.clv import ClvModel, OrderSummary, customer_figures
-from models.durations import iso
+from models.durations import DAY_MS, iso
 from models.events import Invalid, Reason, TouchpointEvent
 from models.journey import JourneyState
 from models.journey_map import JourneyMap
-from models.rolling import window_sum
 
 ATTRIBUTION_MODELS = ("first_touch", "last_touch", "linear", "time_decay")
 
@@ -128,10 +127,26 @@ def rolling_value(
     >>> rolling_value({100: 30.0, 10: 5.0}, {100: 1, 10: 1}, now_ms=100 * 86_400_000, windows=[30, 365])
     {'revenue_30d': 30.0, 'orders_30d': 1, 'revenue_365d': 35.0, 'orders_365d': 2}
     """
+    today = now_ms // DAY_MS
+    revenue = [0.0] * len(windows)
+    orders = [0] * len(windows)
+    # one pass over the days (the same windows as models.rolling.window_sum: (today - w, today])
+    for day, amount in value_days.items():
+        age = today - day
+        if age >= 0:
+            for i, w in enumerate(windows):
+                if age < w:
+                    revenue[i] += amount
+    for day, n in order_days.items():
+        age = today - day
+        if age >= 0:
+            for i, w in enumerate(windows):
+                if age < w:
+                    orders[i] += n
     out: dict[str, float | int] = {}
-    for days in windows:
-        out[f"revenue_{days}d"] = round(window_sum(value_days, now_ms, days), 2)
-        out[f"orders_{days}d"] = int(window_sum({d: float(n) for d, n in order_days.items()}, now_ms, days))
+    for i, w in enumerate(windows):
+        out[f"revenue_{w}d"] = round(max(revenue[i], 0.0), 2)
+        out[f"orders_{w}d"] = int(orders[i])
     return out
 
 

@@ -22,7 +22,7 @@ worker resumes from the offset in the store.
 from __future__ import annotations
 
 import logging
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -30,11 +30,11 @@ import orjson
 
 from models.clv import ClvModel
 from models.events import Invalid, Reason, TouchpointEvent, decode_event
-from models.journey import Outcome
+from models.journey import JourneyState, Outcome
 from models.partition import Effect, Erase, Input, Rules, Scorer, Tick, process
 from models.value import check_money
 from models.watermark import Clock
-from streams.service.ports import Claim, Conflict, DeadLetter, DeadLetterSink, PartitionStore, SourceRecord
+from streams.service.ports import Claim, Conflict, DeadLetter, DeadLetterSink, Loaded, PartitionStore, SourceRecord
 
 log = logging.getLogger("journey.handler")
 
@@ -149,6 +149,38 @@ def erase_request(customer_id: str, requested_ms: int) -> bytes:
     return orjson.dumps({"customer_id": customer_id, "requested_ms": requested_ms})
 
 
+class StateCache:
+    """The customers of each owned partition this worker applied last, decoded, kept between batches.
+
+    The worker that claimed a partition is its only writer (the claim fences everyone else out),
+    so what it committed is what the store holds: a customer found here needs no read and no
+    decoding. An entry is ``(state or None, erasure time or None)``. A partition's entries are
+    dropped when it is claimed or revoked, and whenever a batch fails (``process`` changes the
+    states it is given, so they may hold what was never committed).
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.partitions: dict[int, OrderedDict[str, tuple[JourneyState | None, int | None]]] = {}
+
+    def of(self, partition: int) -> OrderedDict[str, tuple[JourneyState | None, int | None]]:
+        return self.partitions.setdefault(partition, OrderedDict())
+
+    def clear(self, partition: int) -> None:
+        self.partitions.pop(partition, None)
+
+    def keep(self, partition: int, entries: dict[str, tuple[JourneyState | None, int | None]]) -> None:
+        if self.capacity <= 0:
+            return
+        cache = self.of(partition)
+        for cid, entry in entries.items():
+            cache[cid] = entry
+            cache.move_to_end(cid)
+        limit = max(1000, self.capacity // max(1, len(self.partitions)))
+        while len(cache) > limit:
+            cache.popitem(last=False)
+
+
 class BatchHandler:
     """Applies batches of records, one partition at a time, to the store.
 
@@ -166,6 +198,7 @@ class BatchHandler:
         scorer: Callable[[], Scorer | None] = lambda: None,
         clv: Callable[[], ClvModel | None] = lambda: None,
         due_limit: int = 1000,
+        cache_customers: int = 100_000,
     ) -> None:
         self.store = store
         self.dead_letters = dead_letters
@@ -175,16 +208,19 @@ class BatchHandler:
         self.clv = clv
         self.due_limit = due_limit
         self.claims: dict[int, Claim] = {}
+        self.cache = StateCache(cache_customers)
 
     async def assign(self, partition: int) -> Claim:
         """Claim a partition (fencing out its earlier owner); the caller resumes fetching at
         ``claim.offset + 1``."""
         claim = await self.store.claim(partition)
         self.claims[partition] = claim
+        self.cache.clear(partition)
         return claim
 
     def revoke(self, partition: int) -> None:
         self.claims.pop(partition, None)
+        self.cache.clear(partition)
 
     async def handle(self, records: Sequence[SourceRecord], now_ms: int) -> BatchResult:
         """Apply one partition's records (in offset order).
@@ -195,7 +231,11 @@ class BatchHandler:
         for _ in range(3):
             try:
                 return await self._handle(records, now_ms)
-            except Conflict as exc:
+            except BaseException as exc:
+                self.cache.clear(records[0].partition)
+                if not isinstance(exc, Conflict):
+                    raise
+
                 # Committed since we read: our own commit whose reply was lost (then its records are
                 # duplicates now), or a store that lost writes. Read the claim again and redo the batch.
                 claim = self.claims[records[0].partition]
@@ -243,7 +283,7 @@ class BatchHandler:
         result.dead = []
         pos = 0
         while True:
-            effect = await self._apply(claim, inputs[pos:])
+            effect, loaded = await self._apply(claim, inputs[pos:])
             consumed = effect.consumed
             done = pos + consumed >= len(inputs) and effect.complete
             dead = self._account(effect, sources[pos : pos + consumed], result)
@@ -255,6 +295,7 @@ class BatchHandler:
                 await self.dead_letters.send(dead)
                 result.dead += dead
             await self.store.commit(claim, effect, offset=offset)
+            self._remember(p, effect, loaded)
             result.messages += len(effect.outbox)
             result.predictions += effect.predictions
             result.examples += len(effect.examples)
@@ -290,14 +331,19 @@ class BatchHandler:
         if claim is None or watermark_ms <= claim.clock.watermark_ms:
             return result
         while True:
-            effect = await self._apply(claim, [Tick(watermark_ms)])
-            await self.store.commit(claim, effect, offset=None)
+            try:
+                effect, loaded = await self._apply(claim, [Tick(watermark_ms)])
+                await self.store.commit(claim, effect, offset=None)
+            except BaseException:
+                self.cache.clear(partition)
+                raise
+            self._remember(partition, effect, loaded)
             result.messages += len(effect.outbox)
             result.examples += len(effect.examples)
             if effect.consumed and effect.complete:
                 return result
 
-    async def _apply(self, claim: Claim, inputs: Sequence[Input]) -> Effect:
+    async def _apply(self, claim: Claim, inputs: Sequence[Input]) -> tuple[Effect, Loaded]:
         """Load what the inputs need and compute their effect (as far as the loaded due set allows)."""
         lateness = self.rules.allowed_lateness_ms
         until = claim.clock.watermark_ms
@@ -310,13 +356,35 @@ class BatchHandler:
                 cids[item.customer_id] = None
             else:
                 until = max(until, item.watermark_ms)
-        loaded = await self.store.load(claim, cids, due_until=until, due_limit=self.due_limit)
-        missing = [cid for _, cid in loaded.due if cid not in loaded.customers]
+        cache = self.cache.of(claim.partition)
+        cached = {c: cache[c] for c in cids if c in cache}
+        loaded = await self.store.load(claim, [c for c in cids if c not in cached], due_until=until,
+                                       due_limit=self.due_limit)
+        customers = loaded.customers
+        erased = loaded.erased
+        for c, (state, gone) in cached.items():
+            customers[c] = state
+            if gone is not None:
+                erased[c] = gone
+        for _, c in loaded.due:
+            if c not in customers and c in cache:
+                customers[c] = cache[c][0]
+        missing = [c for _, c in loaded.due if c not in customers]
         if missing:
-            loaded.customers.update(await self.store.load_customers(claim, missing))
-        return process(inputs, rules=self.rules, clock=claim.clock, customers=loaded.customers,
-                       erased=loaded.erased, due=loaded.due, due_complete_until=loaded.due_complete_until,
-                       scorer=self.scorer(), clv=self.clv())
+            customers.update(await self.store.load_customers(claim, missing))
+        effect = process(inputs, rules=self.rules, clock=claim.clock, customers=customers, erased=erased,
+                         due=loaded.due, due_complete_until=loaded.due_complete_until, scorer=self.scorer(),
+                         clv=self.clv())
+        return effect, loaded
+
+    def _remember(self, partition: int, effect: Effect, loaded: Loaded) -> None:
+        """After a commit: what was loaded and what the effect wrote is what the store holds now."""
+        customers, erased = loaded.customers, loaded.erased
+        entries = {c: (effect.customers.get(c, state), effect.erased.get(c, erased.get(c)))
+                   for c, state in customers.items()}
+        for c, state in effect.customers.items():
+            entries[c] = (state, effect.erased.get(c, erased.get(c)))
+        self.cache.keep(partition, entries)
 
 
 __all__ = ["BatchHandler", "BatchResult", "Conflict", "Limits", "Rewind", "Stats", "decode", "erase_request"]

@@ -282,16 +282,36 @@ def planted(worker_factory, tmp_path_factory):
                                   if workers else {}))
             w.start()
             if not workers:
-                w.send(*events)
-                for k, day in enumerate((120, 121)):  # every horizon ends; then the watermark moves once more
-                    send_to_both_partitions(w, {"event_id": f"clock{k}", "customer_id": "clock",
-                                                "touchpoint": "site_visit", "timestamp": t0 + day * DAY})
+                live_like(w, events, t0)
             w.wait_drained()
             # every customer onboarded: 1,500 scoring points, 1,500 labels
             wait_for(lambda w=w: w.get("/model")[1]["examples_learned"] == 1500, 120, "every label learned")
             workers.append(w)
         out[signal] = workers
     return out
+
+
+def live_like(w: WorkerProcess, events: list[dict[str, object]], t0: int) -> None:
+    """Publish the history ten days at a time, letting the learner catch up in between, as it does on a
+    live stream (a replay at full speed would score every customer before any label is known)."""
+    onboarded = sorted(int(e["timestamp"]) for e in events if e["touchpoint"] == "onboarding_complete")
+    sent = 0
+    for day in range(10, 130, 10):
+        end = t0 + day * DAY
+        chunk = [e for e in events[sent:] if int(e["timestamp"]) < end]
+        sent += len(chunk)
+        if chunk:
+            w.send(*chunk)
+        # the clock reaches `end` on both partitions, then one minute more: every label due by the first
+        # watermark (end - 10 min) is settled below the lowest watermark, so the learner may learn it
+        for k, at in enumerate((end, end + 60_000)):
+            send_to_both_partitions(w, {"event_id": f"clock{day}-{k}", "customer_id": "clock",
+                                        "touchpoint": "site_visit", "timestamp": at})
+        w.wait_drained()
+        due = sum(1 for ts in onboarded if ts + 14 * DAY <= end - 600_000)
+        wait_for(lambda w=w, due=due: w.get("/model")[1]["examples_learned"] >= due, 60,
+                 f"the {due} labels due by day {day} to be learned")
+    assert sent == len(events)
 
 
 def positives_negatives(model: dict) -> tuple[int, int]:

@@ -41,3 +41,14 @@ def test_currency_rules():
     assert check_money(usd, None, currency="EUR", rates={"USD": 0.5}).value == 5.0
     missing = check_money(TouchpointEvent("e", "c", "refund", 0), "refund", currency="EUR", rates={})
     assert isinstance(missing, Invalid) and missing.reason is Reason.MISSING_FIELD
+
+
+@given(days=st.dictionaries(st.integers(0, 800), st.integers(-10**6, 10**6)), now=st.integers(0, 900),
+       windows=st.lists(st.integers(1, 400), min_size=1, max_size=4, unique=True))
+def test_rolling_windows_are_the_window_sums_of_the_day_buckets(days, now, windows):
+    from models.rolling import window_sum
+
+    out = rolling_value(days, {d: 1 for d in days}, now * DAY, windows)
+    for w in windows:
+        assert out[f"revenue_{w}d"] == round(window_sum(days, now * DAY, w), 2)
+        assert out[f"orders_{w}d"] == int(window_sum({d: 1.0 for d in days}, now * DAY, w))
