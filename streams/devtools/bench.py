@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import importlib.util
 import math
 import os
@@ -105,7 +106,7 @@ class BenchOptions:
         base = (
             cls(
                 quick=True,
-                events=1_500,
+                events=6_000,
                 naive_events=1_000,
                 customers=2_000,
                 deadline_customers=20_000,
@@ -1087,12 +1088,20 @@ async def _deadlines(settings: Settings, customers: int, *, due: int, repeat: in
 
 
 async def _everything(settings: Settings, customers: Sequence[str]) -> dict[str, Any]:
-    """A store's whole content in comparable form: every customer's state, the aggregates and alerts."""
+    """A store's whole content in comparable form: every customer's state, the aggregates and alerts.
+
+    Left out: what depends on how far the propensity learner had got when a customer was scored
+    (their scores, and the upsell alerts) — not a function of the records (README, "Upsell propensity")."""
     from kafka import KafkaConsumer, TopicPartition
 
     store, redis = _store_of(settings)
     try:
         states = {c: await store.customer(c) for c in customers}
+        for state in states.values():
+            if state is not None:
+                state.predictions = [dataclasses.replace(p, proba=None, predicted=None, model_version=0)
+                                     for p in state.predictions]
+                state.score, state.upsell_alert_ms = None, None
         out: dict[str, Any] = {
             "customers": {c: repr(s) for c, s in states.items() if s is not None},
             "aggregates": {k: v for k, v in (await store.aggregates()).items() if v},
@@ -1114,6 +1123,8 @@ async def _everything(settings: Settings, customers: Sequence[str]) -> dict[str,
                 for m in batch:
                     if m.value:
                         body = orjson.loads(m.value)
+                        if body["type"] == "upsell_opportunity":
+                            continue
                         body.pop("emitted_at", None)
                         alerts.append(orjson.dumps(body, option=orjson.OPT_SORT_KEYS))
         out["alerts"] = sorted(alerts)

@@ -289,7 +289,7 @@ class BatchHandler:
             dead = self._account(effect, sources[pos : pos + consumed], result)
             # Without everything due loaded, the batch stops early: commit up to the first input not applied.
             offset = last if pos + consumed >= len(inputs) else sources[pos + consumed].offset - 1
-            dead = [d for d in pending if d.record.offset <= offset] + dead
+            dead = sorted([d for d in pending if d.record.offset <= offset] + dead, key=lambda d: d.record.offset)
             pending = [d for d in pending if d.record.offset > offset]
             if dead:
                 await self.dead_letters.send(dead)
