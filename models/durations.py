@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from datetime import UTC, datetime, timedelta
 
@@ -99,7 +100,16 @@ def iso(ms: int) -> str:
 
     Examples
     --------
-    >>> iso(0), iso(762523200123)
-    ('1970-01-01T00:00:00.000Z', '1994-03-01T12:00:00.123Z')
+    >>> iso(0), iso(762523200123), iso(-1)
+    ('1970-01-01T00:00:00.000Z', '1994-03-01T12:00:00.123Z', '1969-12-31T23:59:59.999Z')
     """
-    return (_EPOCH + timedelta(milliseconds=ms)).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    day, rest = divmod(ms, DAY_MS)
+    seconds, milli = divmod(rest, 1000)
+    hours, seconds = divmod(seconds, 3600)
+    minutes, seconds = divmod(seconds, 60)
+    return f"{_date(day)}T{hours:02d}:{minutes:02d}:{seconds:02d}.{milli:03d}Z"
+
+
+@functools.lru_cache(maxsize=4096)
+def _date(day: int) -> str:
+    return (_EPOCH + timedelta(days=day)).date().isoformat()

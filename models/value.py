@@ -275,6 +275,9 @@ def drop_off_increments(stage: str, revenue_cents: int) -> dict[str, int]:
     return {f"stage|lost_customers|{stage}": 1, f"stage|lost_revenue|{stage}": revenue_cents * MILLI}
 
 
+_NO_PREDICTION = {"expected_purchases": None, "p_alive": None, "expected_order_value": None, "predicted_clv": None}
+
+
 def customer_value(
     state: JourneyState,
     clv: ClvModel | None,
@@ -300,11 +303,7 @@ def customer_value(
     >>> v["orders"], v["revenue"], v["aov"], v["revenue_30d"], v["model"], v["predicted_clv"]
     (1, 25.0, 25.0, 25.0, 'insufficient data', None)
     """
-    summary = None
-    if state.orders and state.first_order_ms is not None:
-        summary = OrderSummary(state.orders, state.first_order_ms, state.last_order_ms or state.first_order_ms,
-                               state.gross_cents, state.first_order_cents or 0)
-    rolling = rolling_value(state.value_days, state.order_days, as_of_ms, windows)
+    today = as_of_ms // DAY_MS
     body: dict[str, Any] = {
         "orders": state.orders,
         "revenue": state.revenue_cents / 100,
@@ -312,12 +311,31 @@ def customer_value(
         "aov": round(state.gross_cents / state.orders / 100, 2) if state.orders else None,
         "first_purchase": iso(state.first_order_ms) if state.first_order_ms is not None else None,
         "last_purchase": iso(state.last_order_ms) if state.last_order_ms is not None else None,
-        **{k: (v / 100 if k.startswith("revenue") else v) for k, v in rolling.items()},
-        "horizon_days": horizon_days,
-        **customer_figures(summary, clv.fit if clv else None, as_of_ms=as_of_ms, horizon_days=horizon_days,
-                           margin=margin, annual_discount_rate=annual_discount_rate),
-        "model_version": clv.version if clv else None,
-        "model": "insufficient data" if clv is None else ("fitted" if summary else "no purchase yet"),
-        "as_of": iso(as_of_ms),
     }
+    # the rolling windows (those of models.rolling.window_sum: the days (as_of - w, as_of]), in cents
+    value_days, order_days = state.value_days, state.order_days
+    for w in windows:
+        cents = 0
+        n = 0
+        for day, amount in value_days.items():
+            if 0 <= today - day < w:
+                cents += amount
+                n += order_days.get(day, 0)
+        body[f"revenue_{w}d"] = max(cents, 0) / 100
+        body[f"orders_{w}d"] = n
+    body["horizon_days"] = horizon_days
+    if clv is None:
+        body.update(_NO_PREDICTION)
+        body["model_version"] = None
+        body["model"] = "insufficient data"
+    else:
+        summary = None
+        if state.orders and state.first_order_ms is not None:
+            summary = OrderSummary(state.orders, state.first_order_ms, state.last_order_ms or state.first_order_ms,
+                                   state.gross_cents, state.first_order_cents or 0)
+        body.update(customer_figures(summary, clv.fit, as_of_ms=as_of_ms, horizon_days=horizon_days, margin=margin,
+                                     annual_discount_rate=annual_discount_rate))
+        body["model_version"] = clv.version
+        body["model"] = "fitted" if summary else "no purchase yet"
+    body["as_of"] = iso(as_of_ms)
     return body

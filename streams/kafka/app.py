@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -38,6 +39,33 @@ log = logging.getLogger("journey.worker")
 # is idempotent) with a capped backoff, holding the partition, as Kafka Streams does.
 RETRYABLE = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError, RedisError, KafkaError)
 EXIT_REWIND = 75  # EX_TEMPFAIL: restart me (see `Rewind`)
+
+
+class RawProducer:
+    """An aiokafka producer of the worker's own (acks=all, idempotent), for record batches."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.producer: Any = None
+        self.lock = asyncio.Lock()
+
+    async def get(self) -> Any:
+        """The producer, started on first use."""
+        async with self.lock:
+            if self.producer is None:
+                from aiokafka import AIOKafkaProducer
+
+                producer = AIOKafkaProducer(
+                    bootstrap_servers=",".join(self.settings.bootstrap_servers), acks="all",
+                    enable_idempotence=True, max_batch_size=1024 * 1024, max_request_size=2 * 1024 * 1024,
+                )
+                await producer.start()
+                self.producer = producer
+        return self.producer
+
+    async def stop(self) -> None:
+        if self.producer is not None:
+            await self.producer.stop()
 
 
 class KafkaControl:
@@ -82,13 +110,14 @@ def create_app(settings: Settings, journey: JourneyMap | None = None) -> faust.A
     redis = connect(settings.redis_url, socket_timeout=10, socket_connect_timeout=5)
     store = RedisStore(redis, keys, pseudonym_key=settings.pseudonym_secret())
     models = RedisModelStore(redis, keys, model_key=settings.model_secret())
-    dead_letters = KafkaDeadLetters(lambda: app.producer, settings.dlq_topic)
+    raw = RawProducer(settings)  # dead letters and alerts: a raw aiokafka producer (alerts in record batches)
+    dead_letters = KafkaDeadLetters(raw.get, settings.dlq_topic)
     pipeline = Pipeline(
         settings, journey, store=store, models=models, clv_store=RedisClvStore(redis, keys),
         dead_letters=dead_letters, control=KafkaControl(app, settings.touchpoints_topic), retryable=RETRYABLE,
     )
     pipeline.is_leader = app.is_leader
-    publisher = OutboxPublisher(store, lambda: app.producer, settings.alerts_topic,
+    publisher = OutboxPublisher(store, raw.get, settings.alerts_topic,
                                 pseudonym=lambda cid: pseudonym(pipeline.pseudonym_key, cid))
     pipeline.publisher = publisher
     status = WorkerStatus(pipeline, publisher, ping_redis=lambda: ping_all(redis),
@@ -154,6 +183,10 @@ def create_app(settings: Settings, journey: JourneyMap | None = None) -> faust.A
     @app.task
     async def publish_outbox() -> None:
         await publisher.run()
+
+    @app.on_before_shutdown.connect  # type: ignore[misc]
+    async def _stop_raw_producer(app: faust.App, **kwargs: Any) -> None:  # noqa: ARG001
+        await raw.stop()
 
     @app.timer(interval=settings.deadline_check_interval, on_leader=False)
     async def idle_partitions() -> None:

@@ -7,7 +7,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from models.alerts import stamp
@@ -23,12 +23,12 @@ DLQ_MAX_VALUE = 512 * 1024
 class KafkaDeadLetters:
     """Dead letters to the DLQ topic: original key and bytes, reason and source in headers."""
 
-    def __init__(self, producer: Callable[[], Any], topic: str) -> None:
+    def __init__(self, producer: Callable[[], Awaitable[Any]], topic: str) -> None:
         self.producer = producer
         self.topic = topic
 
     async def send(self, letters: Sequence[DeadLetter]) -> None:
-        producer = self.producer()
+        producer = await self.producer()
         pending = []
         for letter in letters:
             key, value, headers = letter.record.key, letter.record.value, letter.headers()
@@ -37,8 +37,7 @@ class KafkaDeadLetters:
             elif value is not None and len(value) > DLQ_MAX_VALUE:
                 headers.append(("journey.error.truncated", str(len(value)).encode()))
                 value = value[:DLQ_MAX_VALUE]
-            pending.append(await producer.send(self.topic, key, value, partition=None, timestamp=None,
-                                               headers=headers))
+            pending.append(await producer.send(self.topic, value=value, key=key, headers=headers))
         # Wait for the broker's acks: the source offset is committed only after this returns.
         await asyncio.gather(*pending)
 
@@ -52,7 +51,8 @@ class OutboxPublisher:
     """
 
     def __init__(
-        self, store: PartitionStore, producer: Callable[[], Any], topic: str, *, pseudonym: Callable[[str], str]
+        self, store: PartitionStore, producer: Callable[[], Awaitable[Any]], topic: str, *,
+        pseudonym: Callable[[str], str],
     ) -> None:
         self.store = store
         self.producer = producer
@@ -90,15 +90,10 @@ class OutboxPublisher:
         lock = self.locks.setdefault(partition, asyncio.Lock())
         sent = 0
         async with lock:
-            while messages := await self.store.outbox(partition, limit=500):
+            while messages := await self.store.outbox(partition, limit=1000):
                 now_ms = int(time.time() * 1000)
-                producer = self.producer()
-                pending = [
-                    await producer.send(self.topic, m.key.encode(), stamp(m.body, now_ms) if m.body else None,
-                                        partition=None, timestamp=None, headers=None)
-                    for m in messages
-                ]
-                await asyncio.gather(*pending)
+                await send_batched(await self.producer(), self.topic,
+                                   [(m.key.encode(), stamp(m.body, now_ms) if m.body else None) for m in messages])
                 await self.store.ack_outbox(partition, len(messages))
                 sent += len(messages)
                 self._account(messages)
@@ -119,3 +114,27 @@ class OutboxPublisher:
                 {k: v for k, v in body.items() if k not in ("customer_id", "clv", "reason")}
                 | {"customer": alias, "reason": body["reason"].replace(m.key, alias)}
             )
+
+
+async def send_batched(producer: Any, topic: str, messages: Sequence[tuple[bytes, bytes | None]]) -> None:
+    """Send messages as record batches, one per partition (the key decides the partition as Kafka's
+    default partitioner does, murmur2), and wait for the broker's acks. A record batch costs the
+    producer a fraction of per-message ``send`` calls."""
+    from aiokafka.partitioner import murmur2
+
+    partitions = sorted(await producer.partitions_for(topic))
+    batches: dict[int, Any] = {}
+    pending = []
+    for key, value in messages:
+        p = partitions[(murmur2(key) & 0x7FFFFFFF) % len(partitions)]
+        batch = batches.get(p)
+        if batch is None:
+            batch = batches[p] = producer.create_batch()
+        if batch.append(key=key, value=value, timestamp=None) is None:  # full: send it, start another
+            pending.append(await producer.send_batch(batch, topic, partition=p))
+            batch = batches[p] = producer.create_batch()
+            batch.append(key=key, value=value, timestamp=None)
+    for p, batch in batches.items():
+        if batch.record_count():
+            pending.append(await producer.send_batch(batch, topic, partition=p))
+    await asyncio.gather(*pending)
