@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Container
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -11,10 +12,24 @@ from typing import Any
 import orjson
 
 MAX_ID_LENGTH = 256
+# Characters a customer id must not contain: braces (the id becomes a Redis Cluster hash tag) and
+# control characters (C0, DEL, C1, line and paragraph separators: they break logs and terminals).
+# The published JSON Schema uses the same class (``models/schema.py``).
+FORBIDDEN_ID_CHARS = "{}\u0000-\u001f\u007f-\u009f\u2028\u2029"
+_FORBIDDEN_ID = re.compile(f"[{FORBIDDEN_ID_CHARS}]")
+# Event times as text: RFC 3339 (JSON Schema's ``date-time``) with a zone, e.g.
+# 2026-11-24T07:20:00.123Z or 2026-11-24T08:20:00+01:00. Days past a month's end (02-30) are
+# caught by the date parser, not the pattern. The published JSON Schema uses the same pattern.
+TIMESTAMP_PATTERN = (
+    r"^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,9})?"
+    r"(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$"
+)
+_TIMESTAMP = re.compile(TIMESTAMP_PATTERN)
+_NO_ZONE = re.compile(TIMESTAMP_PATTERN.removesuffix(r"(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$") + "$")
 # Event times from 1970-01-01 (history from any date can be replayed) to 2200-01-01 (beyond
 # that, epoch milliseconds are almost surely microseconds). The lower bound is configurable.
 MIN_EVENT_MS = 0
-_MAX_EPOCH_MS = 7_258_118_400_000
+MAX_EPOCH_MS = 7_258_118_400_000
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
 
@@ -160,16 +175,17 @@ def customer_id_problem(customer_id: str) -> str | None:
     """
     if not customer_id or len(customer_id) > MAX_ID_LENGTH:
         return f"customer_id must have 1 to {MAX_ID_LENGTH} characters"
-    if "{" in customer_id or "}" in customer_id:
+    found = _FORBIDDEN_ID.search(customer_id)
+    if found is None:
+        return None
+    if found.group() in "{}":
         return "customer_id must not contain { or }"
-    if not customer_id.isprintable():
-        return "customer_id must not contain control characters"
-    return None
+    return f"customer_id must not contain control characters (found U+{ord(found.group()):04X})"
 
 
 def parse_timestamp(value: object, *, min_ms: int = MIN_EVENT_MS) -> int | Invalid:
-    """Event time as epoch milliseconds, from ISO-8601 with a zone or epoch milliseconds,
-    between ``min_ms`` and 2200-01-01.
+    """Event time as epoch milliseconds, from RFC 3339 text with a zone or whole epoch
+    milliseconds, between ``min_ms`` and 2200-01-01.
 
     Examples
     --------
@@ -187,18 +203,22 @@ def parse_timestamp(value: object, *, min_ms: int = MIN_EVENT_MS) -> int | Inval
     if isinstance(value, bool):
         return Invalid(Reason.WRONG_TYPE, "timestamp must be an ISO-8601 string or epoch milliseconds")
     if isinstance(value, int | float):
-        if not min_ms <= value <= _MAX_EPOCH_MS:  # (NaN fails this too)
+        if not min_ms <= value <= MAX_EPOCH_MS:  # (NaN fails this too)
             return Invalid(Reason.INVALID_TIMESTAMP, f"epoch milliseconds out of range: {value}")
+        if isinstance(value, float) and not value.is_integer():
+            return Invalid(Reason.INVALID_TIMESTAMP, f"epoch milliseconds must be a whole number: {value}")
         return int(value)
     if not isinstance(value, str):
         return Invalid(Reason.WRONG_TYPE, "timestamp must be an ISO-8601 string or epoch milliseconds")
+    if _TIMESTAMP.fullmatch(value) is None:
+        if _NO_ZONE.fullmatch(value):
+            return Invalid(Reason.INVALID_TIMESTAMP, f"timestamp has no time zone: {value[:64]!r}")
+        return Invalid(Reason.INVALID_TIMESTAMP, f"not an RFC 3339 timestamp (2026-11-24T07:20:00Z): {value[:64]!r}")
     try:
         parsed = datetime.fromisoformat(value)
-    except ValueError:
-        return Invalid(Reason.INVALID_TIMESTAMP, f"not an ISO-8601 timestamp: {value[:64]!r}")
-    if parsed.tzinfo is None:
-        return Invalid(Reason.INVALID_TIMESTAMP, f"timestamp has no time zone: {value[:64]!r}")
+    except ValueError:  # e.g. February 30th
+        return Invalid(Reason.INVALID_TIMESTAMP, f"not a calendar date and time: {value[:64]!r}")
     ms = (parsed - _EPOCH) // _MS  # exact integer arithmetic, no float rounding
-    if not min_ms <= ms <= _MAX_EPOCH_MS:
+    if not min_ms <= ms <= MAX_EPOCH_MS:
         return Invalid(Reason.INVALID_TIMESTAMP, f"timestamp out of range: {value[:64]!r}")
     return ms

@@ -157,8 +157,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_map(args: argparse.Namespace) -> int:
     from streams.ops.map_view import describe, render_svg
 
-    path: Path = args.file or _settings().map
+    settings = _settings()
+    path: Path = args.file or settings.map
     journey = load_journey_map(path)
+    if args.action == "schema":
+        from models.schema import event_schema
+
+        schema = event_schema(journey, currency=settings.currency, rates=settings.rates,
+                              max_value=settings.max_value, min_event_ms=settings.min_event_ms)
+        print(orjson.dumps(schema, option=orjson.OPT_INDENT_2).decode())
+        return 0
     if args.json and args.action in ("check", "show"):
         print(orjson.dumps(map_json(journey, path)).decode())
         return 0
@@ -492,8 +500,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exit-when-drained", action="store_true", help="stop once every event is processed")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("map", help="check, show or draw a journey map")
-    p.add_argument("action", choices=["check", "show", "render"])
+    p = sub.add_parser("map", help="check, show or draw a journey map; print its event JSON Schema")
+    p.add_argument("action", choices=["check", "show", "render", "schema"],
+                   help="schema: the touchpoint event contract for this map and the current settings")
     p.add_argument("file", nargs="?", type=Path, help="map file (default: JOURNEY_MAP or the built-in map)")
     p.add_argument("-o", "--output", type=Path, default=Path("journey-map.svg"), help="render: SVG file to write")
     p.add_argument("--json", action="store_true", help="check/show: machine-readable output")
@@ -540,14 +549,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_backfill)
 
     p = sub.add_parser("bench", help="benchmark the whole pipeline on the local stack against a naive baseline")
-    p.add_argument("--quick", action="store_true", help="a short smoke run (under a minute)")
+    p.add_argument("--quick", action="store_true", help="a short smoke run (about two minutes)")
     p.add_argument("--json", type=Path, default=Path("bench-results/bench.json"), help="where to write the figures")
     p.add_argument("--events", type=_positive_int, default=None, help="records per drain run; 2x for scale (20000)")
     p.add_argument("--customers", type=_positive_int, default=None, help="customers for the memory figure (100000)")
-    p.add_argument("--pairs", type=_positive_int, default=None, help="ours/naive drain pairs (2; quick 1)")
+    p.add_argument("--pairs", type=_positive_int, default=None,
+                   help="drain rounds, each running ours and every peer (2; quick 1)")
     p.add_argument("--rate", type=float, default=None, help="offered load of the latency run, events/s (5000)")
     p.add_argument("--seed", type=int, default=None, help="simulator seed (7)")
-    p.add_argument("--only", default=None, help="comma-separated subset of: drain,scale,latency,memory,deadlines")
+    p.add_argument("--only", default=None,
+                   help="comma-separated subset of: drain,cluster,scale,latency,memory,deadlines")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("customer", help="print one customer's journey state")
