@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
@@ -186,7 +187,7 @@ class WorkerProcess:
         self.producer.flush()
 
     def customer(self, customer_id: str) -> dict[str, Any] | None:
-        status, body = self.get(f"/customers/{customer_id}")
+        status, body = self.get(f"/customers/{urllib.parse.quote(customer_id, safe='')}")
         return body if status == 200 else None
 
     def wait_customer(self, customer_id: str, check: Callable[[dict[str, Any]], bool], timeout: float = 30) -> dict:

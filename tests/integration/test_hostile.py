@@ -31,9 +31,7 @@ EMAIL = "jane.doe@example.com"
 
 @pytest.fixture(scope="module")
 def worker(worker_factory) -> WorkerProcess:
-    w = worker_factory(JOURNEY_BATCH_SIZE="500")
-    w.start()
-    return w
+    return worker_factory(JOURNEY_BATCH_SIZE="500")  # started once the backlog is published
 
 
 def test_every_hostile_message_is_dead_lettered_with_its_reason_and_every_valid_one_applied(worker):
