@@ -539,7 +539,10 @@ def _wait_ready(service: _Service, pid: int, timeout: float) -> float:
     """Wait until the service answers; return the seconds waited."""
     started = time.monotonic()
     while not _ready(service):
-        if not _is_ours(pid, service):
+        # A process we just started is asked directly: while Redis rewrites its process title,
+        # its command line reads empty for an instant, which must not count as an exit.
+        exited = _STARTED[pid].poll() is not None if pid in _STARTED else not _is_ours(pid, service)
+        if exited:
             service.pid_file.unlink(missing_ok=True)
             raise StackError(
                 f"{service.name} (pid {pid}) exited while starting. Last lines of {service.log_file}:\n"
