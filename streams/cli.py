@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import os
 import random
 import sys
 from collections.abc import Awaitable, Callable, Sequence
@@ -474,7 +475,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("stack", help="start, stop or inspect the local Kafka + Redis (+ a Redis Cluster)")
-    p.add_argument("action", choices=["up", "down", "status"])
+    p.add_argument("action", choices=["up", "down", "status"],
+                   help="up: start what is not running (idempotent); down: stop it, keeping data; status: show it")
     p.add_argument("--redis-cluster", action="store_true",
                    help="also a 3-master Redis Cluster on 127.0.0.1 (JOURNEY_STACK_CLUSTER_PORTS, default 17000-17002)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -484,7 +486,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("simulate", help="publish realistic touchpoint traffic to Kafka")
-    p.add_argument("--customers", type=_positive_int, default=1000)
+    p.add_argument("--customers", type=_positive_int, default=1000, help="how many customers' journeys (1000)")
     p.add_argument("--rate", type=float, default=2000.0, help="events per second (0 = as fast as possible)")
     p.add_argument("--seed", type=int, default=None, help="random seed (default: a new one, printed)")
     p.add_argument("--days", type=float, default=14.0, help="journeys start over the last N days")
@@ -528,7 +530,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_value)
 
     p = sub.add_parser("alerts", help="follow the alerts topic")
-    p.add_argument("action", choices=["tail"])
+    p.add_argument("action", choices=["tail"], help="tail: print alerts as they are published (Ctrl-C stops)")
     p.add_argument("--type", choices=["stalled_critical_path", "drop_off", "upsell_opportunity"],
                    help="only this type")
     p.add_argument("--min-clv", type=float, default=None, help="only customers worth at least this much")
@@ -595,6 +597,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `journey ... | head`: the reader left; say nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":

@@ -29,6 +29,48 @@ def test_the_default_map_checks_ok_and_shows_its_stages(journey):
     assert shown["critical_path"][:3] == ["ad_click", "site_visit", "signup"] and len(shown["activities"]) == 10
 
 
+def test_map_schema_prints_the_contract_of_your_map_and_settings(journey, tmp_path: Path):
+    import jsonschema
+
+    shop = tmp_path / "shop.yaml"
+    shop.write_text("stages: [browse, buy]\ntouchpoints:\n  visit: {stage: browse}\n"
+                    "  order: {stage: buy, value: order}\n")
+    result = journey("map", "schema", str(shop), env={"JOURNEY_CURRENCY": "USD", "JOURNEY_FX_RATES": "EUR=1.1",
+                                                      "JOURNEY_MAX_VALUE": "500"})
+    assert result.returncode == 0, result.stderr
+    schema = orjson.loads(result.stdout)
+    check = jsonschema.Draft202012Validator(schema, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER)
+    base = {"event_id": "e1", "customer_id": "c1", "timestamp": "2026-11-24T07:20:00Z"}
+    assert check.is_valid({**base, "touchpoint": "visit"})
+    assert check.is_valid({**base, "touchpoint": "order", "value": 450.0, "currency": "USD"})
+    assert not check.is_valid({**base, "touchpoint": "purchase"})  # not a touchpoint of this map
+    assert not check.is_valid({**base, "touchpoint": "order"})  # an order needs its value
+    assert not check.is_valid({**base, "touchpoint": "order", "value": 501.0})  # above JOURNEY_MAX_VALUE
+    assert not check.is_valid({**base, "touchpoint": "order", "value": 10.0, "currency": "GBP"})  # no rate
+    # 460 EUR is 506 USD: above the maximum once converted
+    assert not check.is_valid({**base, "touchpoint": "order", "value": 460.0, "currency": "EUR"})
+    assert check.is_valid({**base, "touchpoint": "order", "value": 450.0, "currency": "EUR"})  # 495 USD
+
+
+def test_every_command_and_flag_has_help_text():
+    import argparse
+
+    from streams.cli import build_parser
+
+    missing = []
+
+    def walk(parser: argparse.ArgumentParser, path: str) -> None:
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    walk(sub, f"{path} {name}")
+            elif not action.help:
+                missing.append(f"{path} {'/'.join(action.option_strings) or action.dest}")
+
+    walk(build_parser(), "journey")
+    assert missing == []
+
+
 def test_a_broken_map_is_refused_naming_the_line_and_entry(journey, tmp_path: Path):
     bad = tmp_path / "journey.yaml"
     bad.write_text("stages: [awareness]\ntouchpoints:\n  visit: {stage: awarenes}\n")

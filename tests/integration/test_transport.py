@@ -89,6 +89,8 @@ def test_a_rebalance_mid_stream_skips_nothing_and_applies_nothing_twice(pair):
         high, wm = (int(v) for v in r.hmget(keys.meta(p), "high", "wm"))
         assert wm == high - lateness
         assert served[str(p)] == iso(wm)  # the new owner carries on from the committed watermark
+    # ... and the first worker forgot the clocks of the partitions it lost
+    assert set(first.get("/worker/stats")[1]["watermarks"]) == {str(p) for p in owned[0]}
     # The epochs moved on: the first worker's claims on the partitions it lost are fenced.
     assert all(int(r.hget(keys.meta(p), "epoch")) >= 2 for p in owned[1])
 
