@@ -553,11 +553,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="benchmark the whole pipeline on the local stack against a naive baseline")
     p.add_argument("--quick", action="store_true", help="a short smoke run (about two minutes)")
     p.add_argument("--json", type=Path, default=Path("bench-results/bench.json"), help="where to write the figures")
-    p.add_argument("--events", type=_positive_int, default=None, help="records per drain run; 2x for scale (20000)")
+    p.add_argument("--events", type=_positive_int, default=None, help="records per drain run; 2x for scale (40000)")
     p.add_argument("--customers", type=_positive_int, default=None, help="customers for the memory figure (100000)")
     p.add_argument("--pairs", type=_positive_int, default=None,
                    help="drain rounds, each running ours and every peer (2; quick 1)")
-    p.add_argument("--rate", type=float, default=None, help="offered load of the latency run, events/s (5000)")
+    p.add_argument("--rate", type=float, default=None,
+                   help="offered load of the latency run, events/s (10000; a 2000/s run comes first)")
     p.add_argument("--seed", type=int, default=None, help="simulator seed (7)")
     p.add_argument("--only", default=None,
                    help="comma-separated subset of: drain,cluster,scale,latency,memory,deadlines")
