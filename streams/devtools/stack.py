@@ -295,10 +295,15 @@ def _redis_pong(host: str, port: int) -> bool:
 
 
 def _kafka_started(service: _Service) -> bool:
+    # The line comes after the broker has loaded its logs: ~40 kB into the log on a fresh data
+    # directory, megabytes into it when hundreds of partitions are recovered. Read it in chunks.
+    line, chunk, logged = KAFKA_READY_LINE.encode(), 4 * 2**20, False
     try:
-        # The line comes early (~40 kB in); a long-running broker's log can be large.
         with service.log_file.open("rb") as log:
-            logged = KAFKA_READY_LINE.encode() in log.read(4 * 2**20)
+            tail = b""
+            while not logged and (block := log.read(chunk)):
+                logged = line in tail + block
+                tail = block[-len(line):]
     except OSError:
         return False
     return logged and _accepts(service.host, service.port)

@@ -233,8 +233,8 @@ def create_app(settings: Settings, journey: JourneyMap | None = None) -> faust.A
         except RETRYABLE as exc:
             log.warning("could not load the CLV model: %s", exc)
 
-    @app.on_after_configured.connect  # type: ignore[misc]
-    def _announce(app: faust.App, **kwargs: Any) -> None:  # noqa: ARG001
+    @app.task  # a task runs once the worker has set up logging (on_after_configured ran before: lost)
+    async def announce() -> None:
         ignored = faust_variables_set()
         if ignored:
             log.warning("ignoring Faust's own environment variables %s: the worker is configured by JOURNEY_ "

@@ -110,6 +110,7 @@ class WorkerProcess:
         return f"http://127.0.0.1:{self.settings.web_port}"
 
     def start(self, *, ready: bool = True) -> None:
+        assert not self.alive(), "this worker is already running (a second one would be orphaned)"
         with open(self.log_path, "ab") as log:  # the child keeps its own copy of the descriptor
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "streams.cli", "worker"], env=self.env, stdout=log, stderr=subprocess.STDOUT
@@ -292,9 +293,10 @@ def worker_factory(stack: Settings, tmp_path_factory: pytest.TempPathFactory) ->
         return w
 
     yield make
-    for w in made:
+    for w in made:  # every process stopped first, whatever the cleanup below runs into
         w.stop()
         w.producer.close()
+    for w in made:
         _cleanup(w.settings)
 
 

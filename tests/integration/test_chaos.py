@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import os
 import signal
 import socket
@@ -30,10 +31,10 @@ from streams.devtools.simulate import simulate
 from streams.settings import Settings
 from streams.state.connect import connect
 from streams.state.model_store import RedisModelStore
-from tests.integration.conftest import WorkerProcess, wait_for
+from tests.integration.conftest import ROOT, WorkerProcess, wait_for
 
-CUSTOMERS = 5_000
-WORKER_KILLS = 5
+WORKER_KILLS = int(os.environ.get("CHAOS_WORKER_KILLS", "5"))  # e.g. 20 for a longer run by hand
+CUSTOMERS = 1_000 * WORKER_KILLS  # about 5 records each: enough backlog for every disruption
 SETTINGS = {
     "JOURNEY_BATCH_SIZE": "100",
     "JOURNEY_COMMIT_INTERVAL": "120s",  # a kill lands between the Redis commits and Kafka's offset commit
@@ -172,3 +173,12 @@ def test_crashes_of_the_worker_redis_and_the_broker_change_nothing(worker_factor
     assert version > 0  # examples were settled and learned
     assert model_of(chaos) == (version, weights)  # no example lost or learned twice, in the same order
     gc.collect()
+    # what was compared, for the record (test-output/ is kept by CI)
+    (ROOT / "test-output").mkdir(exist_ok=True)
+    (ROOT / "test-output" / "chaos.json").write_text(json.dumps({
+        "records": len(records), "worker_kills": WORKER_KILLS, "redis_kills": 1, "broker_kills": 1,
+        "customers_compared": len(expected["customers"]),
+        "pending_predictions_compared": sum(len(s["predictions"]) for s in expected["customers"].values()),
+        "examples_learned": version, "alerts_compared": len(expected["alerts"]),
+        "alert_copies_after_crashes": got["alert_copies"], "mismatches": 0,
+    }, indent=1))

@@ -4,9 +4,11 @@
 from __future__ import annotations
 
 import hashlib
+import socket
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import orjson
 import pytest
@@ -145,3 +147,23 @@ def test_behind_a_proxy_without_a_token_no_customer_data(worker_factory):
     assert call(w, "GET", "/customers/una", token=None)[0] == 200
     status, body = call(w, "GET", "/customers/una", token=None, headers={"X-Forwarded-For": "203.0.113.9"})
     assert status == 401 and "una" not in orjson.dumps(body).decode()
+
+
+def test_fausts_own_environment_variables_change_nothing(worker_factory):
+    # With Faust's defaults these would bind the API to every interface, on another port, and point
+    # the worker at another broker. The worker ignores them, and names them in its log.
+    from tests.integration.conftest import free_port
+
+    other = free_port()
+    w = worker_factory(WEB_BIND="0.0.0.0", WEB_HOST="0.0.0.0", WEB_PORT=str(other),  # noqa: S104
+                       BROKER_URL="kafka://192.0.2.1:9092", PRODUCER_ACKS="0")
+    w.start()
+    seed(w, "vic")  # it consumes from the JOURNEY_ broker: the events are applied
+    assert call(w, "GET", "/customers/vic")[0] == 200
+    with socket.socket() as s:  # nothing listens on Faust's WEB_PORT
+        assert s.connect_ex(("127.0.0.1", other)) != 0
+    listening = [line for line in Path("/proc/net/tcp").read_text().splitlines()[1:]
+                 if line.split()[3] == "0A" and int(line.split()[1].split(":")[1], 16) == w.settings.web_port]
+    assert [line.split()[1].split(":")[0] for line in listening] == ["0100007F"]  # 127.0.0.1 only
+    assert "ignoring Faust's own environment variables BROKER_URL, WEB_BIND, WEB_HOST, WEB_PORT, PRODUCER_ACKS" \
+        in w.log_path.read_text()
