@@ -8,6 +8,7 @@ from enum import StrEnum
 from typing import Any
 
 from models.durations import format_duration, iso
+from models.events import ANONYMOUS_PREFIX, is_anonymous
 
 
 class AlertType(StrEnum):
@@ -113,6 +114,10 @@ def render(facts: AlertFacts, *, extra: dict[str, Any] | None = None) -> dict[st
         "event_time": iso(facts.at_ms if facts.status is AlertStatus.RESOLVED else facts.anchor_ms + facts.expected_ms),
         "reason": reason(facts),
     }
+    if is_anonymous(facts.customer_id):  # an anonymous visitor: named by their anonymous id
+        anonymous_id = facts.customer_id.removeprefix(ANONYMOUS_PREFIX)
+        body["customer_id"], body["anonymous_id"] = None, anonymous_id
+        body["reason"] = body["reason"].replace(facts.customer_id, f"anonymous visitor {anonymous_id}")
     if facts.type is AlertType.UPSELL_OPPORTUNITY:
         body["event_time"] = iso(facts.at_ms)
         body["score"] = facts.score

@@ -28,6 +28,16 @@ from models.journey import JourneyState, OpenAlert
 from models.journey_map import JourneyMap
 
 
+def resolve_open(state: JourneyState, at_ms: int) -> list[AlertFacts]:
+    """Resolve every open alert of a profile that ends (an anonymous visitor merged into a customer)."""
+    out = [_facts(t, AlertStatus.RESOLVED, state.customer_id, opened, at_ms)
+           for t, opened in ((AlertType.STALLED_CRITICAL_PATH, state.stall_open), (AlertType.DROP_OFF, state.drop_open))
+           if opened is not None]
+    state.stall_open = state.drop_open = None
+    state.stall_due = state.drop_due = None
+    return out
+
+
 def _facts(kind: AlertType, status: AlertStatus, customer_id: str, alert: OpenAlert, at_ms: int) -> AlertFacts:
     return AlertFacts(
         type=kind,

@@ -29,6 +29,9 @@ _NO_ZONE = re.compile(TIMESTAMP_PATTERN.removesuffix(r"(Z|[+-]([01][0-9]|2[0-3])
 # Event times from 1970-01-01 (history from any date can be replayed) to 2200-01-01 (beyond
 # that, epoch milliseconds are almost surely microseconds). The lower bound is configurable.
 MIN_EVENT_MS = 0
+# An anonymous visitor is tracked under this prefix and their anonymous id, a name no customer
+# id can have (ids cannot contain braces): ``{a}device-7``. See ``models/identity.py``.
+ANONYMOUS_PREFIX = "{a}"
 MAX_EPOCH_MS = 7_258_118_400_000
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
@@ -66,6 +69,30 @@ class TouchpointEvent:
     value: float | None = None
     currency: str | None = None
     properties: dict[str, Any] | None = None
+    # The device or cookie id the event came with. With no customer id, ``customer_id`` is the
+    # anonymous profile's name (``{a}`` + this id); with both, the event links the two.
+    anonymous_id: str | None = None
+
+    @property
+    def links(self) -> bool:
+        """True when the event names a customer and an anonymous id: it joins the two."""
+        return self.anonymous_id is not None and not self.customer_id.startswith(ANONYMOUS_PREFIX)
+
+
+def anonymous_profile(anonymous_id: str) -> str:
+    """The name an anonymous visitor is tracked under (never a valid customer id).
+
+    Examples
+    --------
+    >>> anonymous_profile("dev-7"), is_anonymous("{a}dev-7"), is_anonymous("c-1")
+    ('{a}dev-7', True, False)
+    """
+    return ANONYMOUS_PREFIX + anonymous_id
+
+
+def is_anonymous(profile: str) -> bool:
+    """True for an anonymous visitor's profile name."""
+    return profile.startswith(ANONYMOUS_PREFIX)
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,8 +138,11 @@ def decode_event(
     >>> decode_event(b'{"event_id":"e1","customer_id":"c1","touchpoint":"signup",'
     ...              b'"timestamp":"2026-01-01T00:00:00Z"}', touchpoints={"signup"}, now_ms=1<<60)
     TouchpointEvent(event_id='e1', customer_id='c1', touchpoint='signup', ts_ms=1767225600000, ...)
-    >>> decode_event(b'{"event_id":"e1"}', touchpoints={"signup"}, now_ms=0)
-    Invalid(reason=<Reason.MISSING_FIELD: 'missing_field'>, detail="missing required field 'customer_id'")
+    >>> decode_event(b'{"event_id":"e1","anonymous_id":"d7","touchpoint":"signup","timestamp":0}',
+    ...              touchpoints={"signup"}, now_ms=0).customer_id    # tracked as an anonymous visitor
+    '{a}d7'
+    >>> decode_event(b'{"event_id":"e1","touchpoint":"signup","timestamp":0}', touchpoints={"signup"}, now_ms=0)
+    Invalid(reason=<Reason.MISSING_FIELD: 'missing_field'>, detail='missing customer_id or anonymous_id (at least one)')
     """
     if len(raw) > max_payload_bytes:
         return Invalid(Reason.PAYLOAD_TOO_LARGE, f"{len(raw)} bytes, limit is {max_payload_bytes}")
@@ -123,18 +153,25 @@ def decode_event(
     if not isinstance(doc, dict):
         return Invalid(Reason.NOT_AN_OBJECT, f"expected a JSON object, got {type(doc).__name__}")
 
-    for name in ("event_id", "customer_id", "touchpoint", "timestamp"):
+    for name in ("event_id", "touchpoint", "timestamp"):
         if name not in doc or doc[name] is None:
             return Invalid(Reason.MISSING_FIELD, f"missing required field {name!r}")
-    event_id, customer_id, touchpoint = doc["event_id"], doc["customer_id"], doc["touchpoint"]
-    for name, field in (("event_id", event_id), ("customer_id", customer_id), ("touchpoint", touchpoint)):
-        if not isinstance(field, str):
+    customer_id, anonymous_id = doc.get("customer_id"), doc.get("anonymous_id")
+    if customer_id is None and anonymous_id is None:
+        return Invalid(Reason.MISSING_FIELD, "missing customer_id or anonymous_id (at least one)")
+    event_id, touchpoint = doc["event_id"], doc["touchpoint"]
+    for name, field in (("event_id", event_id), ("customer_id", customer_id), ("anonymous_id", anonymous_id),
+                        ("touchpoint", touchpoint)):
+        if field is not None and not isinstance(field, str):
             return Invalid(Reason.WRONG_TYPE, f"{name} must be a string, got {type(field).__name__}")
     if not event_id or len(event_id) > MAX_ID_LENGTH:
         return Invalid(Reason.WRONG_TYPE, f"event_id must have 1 to {MAX_ID_LENGTH} characters")
-    problem = customer_id_problem(customer_id)
-    if problem:
-        return Invalid(Reason.INVALID_CUSTOMER_ID, problem)
+    for name, field in (("customer_id", customer_id), ("anonymous_id", anonymous_id)):
+        problem = field is not None and customer_id_problem(field, name)
+        if problem:
+            return Invalid(Reason.INVALID_CUSTOMER_ID, problem)
+    if customer_id is None:
+        customer_id = anonymous_profile(anonymous_id)
     if touchpoint not in touchpoints:
         return Invalid(Reason.UNKNOWN_TOUCHPOINT, f"unknown touchpoint {touchpoint!r}")
 
@@ -158,10 +195,34 @@ def decode_event(
             return Invalid(Reason.WRONG_TYPE, f"{name} must be a string, got {type(field).__name__}")
     if properties is not None and not isinstance(properties, dict):
         return Invalid(Reason.WRONG_TYPE, f"properties must be an object, got {type(properties).__name__}")
-    return TouchpointEvent(event_id, customer_id, touchpoint, ts_ms, channel, value, currency, properties)
+    return TouchpointEvent(event_id, customer_id, touchpoint, ts_ms, channel, value, currency, properties,
+                           anonymous_id)
 
 
-def customer_id_problem(customer_id: str) -> str | None:
+def encode_event(event: TouchpointEvent, *, customer_id: str | None = None) -> bytes:
+    """An event as a message value of the contract (how a late anonymous event is forwarded to the
+    customer its visitor became: ``customer_id`` given). Money is as decoded: checked, converted.
+
+    Examples
+    --------
+    >>> e = decode_event(encode_event(TouchpointEvent("e1", "{a}d7", "visit", 5, "ads", anonymous_id="d7"),
+    ...                               customer_id="c1"), touchpoints={"visit"}, now_ms=0)
+    >>> e.customer_id, e.anonymous_id, e.links, e.ts_ms, e.channel
+    ('c1', 'd7', True, 5, 'ads')
+    """
+    doc: dict[str, Any] = {"event_id": event.event_id, "touchpoint": event.touchpoint, "timestamp": event.ts_ms}
+    cid = customer_id or (None if is_anonymous(event.customer_id) else event.customer_id)
+    if cid is not None:
+        doc["customer_id"] = cid
+    if event.anonymous_id is not None:
+        doc["anonymous_id"] = event.anonymous_id
+    for name in ("channel", "value", "currency", "properties"):
+        if getattr(event, name) is not None:
+            doc[name] = getattr(event, name)
+    return orjson.dumps(doc)
+
+
+def customer_id_problem(customer_id: str, name: str = "customer_id") -> str | None:
     """Say what is wrong with a customer id, or None if it is usable.
 
     Braces are refused because the id becomes a Redis Cluster hash tag (``{id}``).
@@ -174,13 +235,13 @@ def customer_id_problem(customer_id: str) -> str | None:
     'customer_id must not contain { or }'
     """
     if not customer_id or len(customer_id) > MAX_ID_LENGTH:
-        return f"customer_id must have 1 to {MAX_ID_LENGTH} characters"
+        return f"{name} must have 1 to {MAX_ID_LENGTH} characters"
     found = _FORBIDDEN_ID.search(customer_id)
     if found is None:
         return None
     if found.group() in "{}":
-        return "customer_id must not contain { or }"
-    return f"customer_id must not contain control characters (found U+{ord(found.group()):04X})"
+        return f"{name} must not contain {{ or }}"
+    return f"{name} must not contain control characters (found U+{ord(found.group()):04X})"
 
 
 def parse_timestamp(value: object, *, min_ms: int = MIN_EVENT_MS) -> int | Invalid:

@@ -30,6 +30,7 @@ class Outcome(IntEnum):
     APPLIED = 1
     TOO_LATE = 2
     ERASED = 3  # the customer was erased after this event happened: it must not bring them back
+    FORWARDED = 4  # an anonymous event of a visitor merged into a customer: sent on to the customer
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +101,11 @@ class JourneyState:
     predictions: list[PendingPrediction] = field(default_factory=list, repr=False)
     score: tuple[float | None, int, int] | None = None  # latest (probability, scored ms, model version)
     upsell_alert_ms: int | None = None  # scoring point of the latest upsell_opportunity alert
+    # Identity (models/identity.py). A customer: their anonymous ids -> True once that visitor's
+    # history is merged in. A visitor merged into a customer keeps only these two (a marker).
+    anonymous_ids: dict[str, bool] = field(default_factory=dict)
+    merged_into: str | None = None
+    merged_ms: int | None = None
 
     @property
     def revenue_cents(self) -> int:

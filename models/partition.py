@@ -21,10 +21,11 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from models import deadlines, gaps, propensity
+from models import deadlines, gaps, identity, propensity
 from models.alerts import AlertFacts, AlertStatus, AlertType, render
 from models.clv import ClvModel, OrderSummary
-from models.events import TouchpointEvent
+from models.durations import DAY_MS
+from models.events import ANONYMOUS_PREFIX, TouchpointEvent, anonymous_profile, encode_event, is_anonymous
 from models.journey import JourneyState, Outcome, PendingPrediction, StateLimits, apply_event
 from models.journey_map import JourneyMap
 from models.value import attribution_increments, customer_value, drop_off_increments
@@ -51,6 +52,8 @@ class Rules:
     clv_discount_rate: float = 0.10
     early_positives: bool = False
     upsell_alert_min_examples: int = 500
+    anonymous_ttl_ms: int = 30 * DAY_MS  # an anonymous visitor (or merged marker) not seen this long is forgotten
+    max_anonymous_ids: int = 20  # per customer; a link beyond it is refused
 
     @property
     def feature_touchpoints(self) -> tuple[str, ...]:
@@ -78,7 +81,30 @@ class Tick:
     watermark_ms: int
 
 
-Input = TouchpointEvent | Erase | Tick
+@dataclass(frozen=True, slots=True)
+class Link:
+    """In the visitor's partition: ``anonymous_id`` belongs to ``customer_id`` since ``ts_ms``."""
+
+    anonymous_id: str
+    customer_id: str
+    ts_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Merge:
+    """In the customer's partition: the visitor's history (None: they had none here) joins the customer."""
+
+    customer_id: str
+    anonymous_id: str
+    ts_ms: int
+    visitor: JourneyState | None
+
+
+Input = TouchpointEvent | Erase | Tick | Link | Merge
+
+#: Outbox type of the identity messages, which go to the touchpoints topic (not the alerts topic);
+#: the status says which: link, merge, erase (control records) or forward (an event).
+IDENTITY = "identity"
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +137,8 @@ class Effect:
     examples: list[propensity.Example] = field(default_factory=list)
     predictions: int = 0  # scoring points scored
     applied_event_ms: list[int] = field(default_factory=list)  # event times of the applied events
+    forwarded: int = 0  # anonymous events sent on to the customer their visitor became
+    merged: int = 0  # visitors' histories folded into customers
 
     def count(self, name: str, n: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + n
@@ -122,8 +150,30 @@ def next_due(state: JourneyState, rules: Rules) -> int | None:
     a = deadlines.next_deadline(state)
     b = propensity.next_label(state, rules.journey.propensity.horizon_ms)
     if a is None:
-        return b
-    return a if b is None else min(a, b)
+        a = b
+    elif b is not None:
+        a = min(a, b)
+    if state.customer_id.startswith(ANONYMOUS_PREFIX):
+        c = forgotten_at(state, rules)
+        a = c if a is None else min(a, c)  # type: ignore[type-var]
+    return a
+
+
+def forgotten_at(state: JourneyState, rules: Rules) -> int | None:
+    """When an anonymous visitor (or merged marker) is forgotten: a TTL after last seen; never for a customer."""
+    if not is_anonymous(state.customer_id):
+        return None
+    return max(state.last_seen_ms, state.merged_ms or 0) + rules.anonymous_ttl_ms
+
+
+def funnel_counter(profile: str, stage: str) -> str:
+    """The aggregate a profile counts in: ``f|<stage>`` for customers, ``a|<stage>`` for anonymous visitors."""
+    return f"{'a' if is_anonymous(profile) else 'f'}|{stage}"
+
+
+def message_key(profile: str) -> str:
+    """The key of a message about a profile: the customer id, or the visitor's anonymous id."""
+    return profile.removeprefix(ANONYMOUS_PREFIX)
 
 
 def order_summary(state: JourneyState) -> OrderSummary | None:
@@ -210,7 +260,7 @@ def process(
                                horizon_days=rules.clv_horizon_days, margin=rules.clv_margin,
                                annual_discount_rate=rules.clv_discount_rate)
         body = orjson.dumps(render(facts, extra={"clv": value}))
-        effect.outbox.append(OutboxEntry(facts.customer_id, body, facts.type.value, facts.status.value))
+        effect.outbox.append(OutboxEntry(message_key(facts.customer_id), body, facts.type.value, facts.status.value))
         if facts.type is AlertType.DROP_OFF and facts.status is AlertStatus.OPEN:
             due_ms = facts.anchor_ms + facts.expected_ms
             add_gap(due_ms // 86_400_000, f"d|{facts.stage}")
@@ -240,6 +290,10 @@ def process(
             for facts in deadlines.fire_due(state, journey, watermark):
                 alert(facts, state)
             settled(propensity.settle(state, watermark, horizon))
+            expiry = forgotten_at(state, rules)
+            if expiry is not None and expiry <= watermark:
+                _forget(state, states, effect, current_due)
+                continue
             touch(state)
 
     def advance(watermark: int) -> bool:
@@ -265,17 +319,37 @@ def process(
             erased_now[item.customer_id] = effect.erased[item.customer_id]
             effect.outcomes.append(None)
             continue
+        if isinstance(item, Link):
+            effect.outcomes.append(None)
+            visitor = _link(item, states, erased_now, effect, alert)
+            if visitor is not None:
+                touch(visitor)
+            continue
+        if isinstance(item, Merge):
+            effect.outcomes.append(None)
+            customer = _merge(item, rules, states, effect)
+            if customer is not None:
+                touch(customer)
+            continue
 
         event = item
         ts = event.ts_ms
         new_wm = ts - rules.allowed_lateness_ms
         raised = ts > new_clock.high_ms and new_wm > new_clock.watermark_ms
-        outcome = _apply(event, rules, states, erased_now, effect, alert, add_gap,
-                         watermark_ms=new_wm if raised else new_clock.watermark_ms)
+        marker = states.get(event.customer_id)
+        if marker is not None and marker.merged_into is not None:
+            outcome = _forward(event, marker, effect, erased_now)
+            if outcome is Outcome.FORWARDED:
+                touch(marker)
+        else:
+            outcome = _apply(event, rules, states, erased_now, effect, alert, add_gap,
+                             watermark_ms=new_wm if raised else new_clock.watermark_ms)
         effect.outcomes.append(outcome)
         if outcome is Outcome.APPLIED:
             state = states[event.customer_id]
             assert state is not None
+            if event.links:
+                _add_link(state, event, rules, effect)
             if event.touchpoint in upsell:
                 propensity.record_upsell(state, ts)
                 if rules.early_positives:
@@ -319,8 +393,8 @@ def _apply(
         effect.created.add(cid)
     if stage_before != state.stage:
         if stage_before is not None:
-            effect.count(f"f|{stage_before}", -1)
-        effect.count(f"f|{state.stage}")
+            effect.count(funnel_counter(cid, stage_before), -1)
+        effect.count(funnel_counter(cid, state.stage))
     for day, name in gaps.event_increments(state, event.touchpoint, ts, journey, rank_before=rank_before):
         add_gap(day, name)
     if journey.value_roles.get(event.touchpoint) == "order":
@@ -369,9 +443,14 @@ def _erase(item: Erase, states: dict[str, JourneyState | None], effect: Effect,
     cid = item.customer_id
     state = states.get(cid)
     if state is not None:
-        effect.count(f"f|{state.stage}", -1)
+        if state.merged_into is None:
+            effect.count(funnel_counter(cid, state.stage), -1)
         if state.predictions:
             effect.count("predictions_pending", -len(state.predictions))
+        # Their anonymous ids go too: each visitor's partition forgets the marker pointing here.
+        for anonymous_id in state.anonymous_ids:
+            body = orjson.dumps({"customer_id": anonymous_profile(anonymous_id), "requested_ms": item.requested_ms})
+            effect.outbox.append(OutboxEntry(anonymous_id, body, IDENTITY, "erase"))
     states[cid] = None
     effect.customers[cid] = None
     effect.created.discard(cid)
@@ -381,6 +460,102 @@ def _erase(item: Erase, states: dict[str, JourneyState | None], effect: Effect,
         current_due[cid] = None
         effect.due[cid] = None
     # Alerts about them that are still waiting are published before this, then forgotten downstream.
-    effect.outbox.append(OutboxEntry(cid, None, "tombstone", "erased"))
+    effect.outbox.append(OutboxEntry(message_key(cid), None, "tombstone", "erased"))
+
+
+def _forget(state: JourneyState, states: dict[str, JourneyState | None], effect: Effect,
+            current_due: dict[str, int | None]) -> None:
+    """An anonymous visitor (or marker) past their TTL: gone, as if never seen (no erasure record)."""
+    cid = state.customer_id
+    if state.merged_into is None:
+        effect.count(funnel_counter(cid, state.stage), -1)
+        if state.orders:
+            effect.orders[cid] = None
+    if state.predictions:
+        effect.count("predictions_pending", -len(state.predictions))
+    states[cid] = None
+    effect.customers[cid] = None
+    effect.created.discard(cid)
+    current_due[cid] = None
+    effect.due[cid] = None
+    effect.count("anonymous_forgotten")
+
+
+def _add_link(state: JourneyState, event: TouchpointEvent, rules: Rules, effect: Effect) -> None:
+    """A linking event applied to its customer: ask the visitor's partition to merge (once per id)."""
+    anonymous_id = event.anonymous_id
+    assert anonymous_id is not None
+    if anonymous_id in state.anonymous_ids:
+        return
+    if len(state.anonymous_ids) >= rules.max_anonymous_ids:
+        effect.count("identity_links_refused")
+        return
+    state.anonymous_ids[anonymous_id] = False
+    effect.outbox.append(OutboxEntry(anonymous_id, identity.link_message(anonymous_id, state.customer_id, event.ts_ms),
+                                     IDENTITY, identity.LINK))
+
+
+def _link(item: Link, states: dict[str, JourneyState | None], erased: Mapping[str, int], effect: Effect,
+          alert: Callable[[AlertFacts, JourneyState], None]) -> JourneyState | None:
+    """In the visitor's partition: turn the visitor into a marker and send their history on."""
+    profile = anonymous_profile(item.anonymous_id)
+    gone = erased.get(profile)
+    if gone is not None and item.ts_ms <= gone:
+        return None
+    state = states.get(profile)
+    if state is not None and state.merged_into is not None:
+        if not identity.moves_link(state, item.customer_id, item.ts_ms):
+            return None  # a copy of a link already made, or an older one: the latest link stands
+        state.merged_into, state.merged_ms = item.customer_id, item.ts_ms  # the device changed hands
+    else:
+        if state is not None:  # an active visitor: their open alerts and deadlines end here
+            for facts in deadlines.resolve_open(state, item.ts_ms):
+                alert(facts, state)
+            effect.count(funnel_counter(profile, state.stage), -1)
+            if state.predictions:
+                effect.count("predictions_pending", -len(state.predictions))
+            if state.orders:
+                effect.orders[profile] = None
+        else:
+            effect.created.add(profile)
+        body = identity.merge_message(item.customer_id, item.anonymous_id, item.ts_ms, state)
+        effect.outbox.append(OutboxEntry(item.customer_id, body, IDENTITY, identity.MERGE))
+        state = identity.marker(profile, item.customer_id, item.ts_ms)
+    states[profile] = state
+    effect.customers[profile] = state
+    return state
+
+
+def _merge(item: Merge, rules: Rules, states: dict[str, JourneyState | None], effect: Effect) -> JourneyState | None:
+    """In the customer's partition: fold the visitor's history in, once."""
+    customer = states.get(item.customer_id)
+    if customer is None or customer.anonymous_ids.get(item.anonymous_id, True):
+        return None  # erased since, or already merged (a second copy of the message)
+    customer.anonymous_ids[item.anonymous_id] = True
+    effect.merged += 1
+    if item.visitor is not None:
+        stage_before = customer.stage
+        identity.fold(customer, item.visitor, rules.journey, rules.limits)
+        if customer.stage != stage_before:
+            effect.count(funnel_counter(item.customer_id, stage_before), -1)
+            effect.count(funnel_counter(item.customer_id, customer.stage))
+        if item.visitor.orders:
+            effect.orders[item.customer_id] = order_summary(customer)
+    effect.customers[item.customer_id] = customer
+    return customer
+
+
+def _forward(event: TouchpointEvent, marker: JourneyState, effect: Effect, erased: Mapping[str, int]) -> Outcome:
+    """An anonymous event of a merged visitor: sent on to their customer as an event with both ids."""
+    gone = erased.get(event.customer_id)
+    if gone is not None and event.ts_ms <= gone:
+        return Outcome.ERASED
+    assert marker.merged_into is not None
+    effect.outbox.append(OutboxEntry(marker.merged_into, encode_event(event, customer_id=marker.merged_into),
+                                     IDENTITY, "forward"))
+    marker.last_seen_ms = max(marker.last_seen_ms, event.ts_ms)
+    effect.customers[marker.customer_id] = marker
+    effect.forwarded += 1
+    return Outcome.FORWARDED
 
 

@@ -117,7 +117,7 @@ def create_app(settings: Settings, journey: JourneyMap | None = None) -> faust.A
         dead_letters=dead_letters, control=KafkaControl(app, settings.touchpoints_topic), retryable=RETRYABLE,
     )
     pipeline.is_leader = app.is_leader
-    publisher = OutboxPublisher(store, raw.get, settings.alerts_topic,
+    publisher = OutboxPublisher(store, raw.get, settings.alerts_topic, touchpoints_topic=settings.touchpoints_topic,
                                 pseudonym=lambda cid: pseudonym(pipeline.pseudonym_key, cid))
     pipeline.publisher = publisher
     status = WorkerStatus(pipeline, publisher, ping_redis=lambda: ping_all(redis),

@@ -11,6 +11,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from models.alerts import stamp
+from models.partition import IDENTITY
+from streams.service.handler import CONTROL_HEADER
 from streams.service.ports import DeadLetter, OutboxMessage, PartitionStore
 
 log = logging.getLogger("journey.sinks")
@@ -43,7 +45,8 @@ class KafkaDeadLetters:
 
 
 class OutboxPublisher:
-    """Publishes the partitions' committed outboxes to the alerts topic, then acknowledges them.
+    """Publishes the partitions' committed outboxes to the alerts topic (identity messages to the
+    touchpoints topic, where the other partition applies them), then acknowledges them.
 
     A crash between publishing and acknowledging publishes the same messages again: a
     downstream tool may see the same ``(alert_id, status)`` twice, never two different alerts
@@ -52,11 +55,12 @@ class OutboxPublisher:
 
     def __init__(
         self, store: PartitionStore, producer: Callable[[], Awaitable[Any]], topic: str, *,
-        pseudonym: Callable[[str], str],
+        pseudonym: Callable[[str], str], touchpoints_topic: str | None = None,
     ) -> None:
         self.store = store
         self.producer = producer
         self.topic = topic
+        self.touchpoints_topic = touchpoints_topic
         self.pseudonym = pseudonym
         self.locks: dict[int, asyncio.Lock] = {}
         self.emitted: dict[str, int] = {}  # "type:status" -> messages published
@@ -92,8 +96,16 @@ class OutboxPublisher:
         async with lock:
             while messages := await self.store.outbox(partition, limit=1000):
                 now_ms = int(time.time() * 1000)
-                await send_batched(await self.producer(), self.topic,
-                                   [(m.key.encode(), stamp(m.body, now_ms) if m.body else None) for m in messages])
+                producer = await self.producer()
+                alerts = [(m.key.encode(), stamp(m.body, now_ms) if m.body else None)
+                          for m in messages if m.type != IDENTITY]
+                identity = [(m.key.encode(), m.body, control_headers(m.status))
+                            for m in messages if m.type == IDENTITY]
+                if identity:
+                    assert self.touchpoints_topic is not None, "identity messages need the touchpoints topic"
+                    await send_batched(producer, self.touchpoints_topic, identity)
+                if alerts:
+                    await send_batched(producer, self.topic, alerts)
                 await self.store.ack_outbox(partition, len(messages))
                 sent += len(messages)
                 self._account(messages)
@@ -106,7 +118,7 @@ class OutboxPublisher:
             label = f"{m.type}:{m.status}"
             self.emitted[label] = self.emitted.get(label, 0) + 1
         for m in messages[-(self.recent.maxlen or 50):]:
-            if m.body is None:
+            if m.body is None or m.type == IDENTITY:
                 continue
             body = orjson.loads(m.body)
             alias = self.pseudonym(m.key)
@@ -116,7 +128,13 @@ class OutboxPublisher:
             )
 
 
-async def send_batched(producer: Any, topic: str, messages: Sequence[tuple[bytes, bytes | None]]) -> None:
+def control_headers(status: str) -> list[tuple[str, bytes]]:
+    """An identity message's headers: a forwarded anonymous event is a plain event; the rest are control records."""
+    return [] if status == "forward" else [(CONTROL_HEADER, status.encode())]
+
+
+async def send_batched(producer: Any, topic: str, messages: Sequence[tuple[bytes, bytes | None]]
+                       | Sequence[tuple[bytes, bytes | None, list[tuple[str, bytes]]]]) -> None:
     """Send messages as record batches, one per partition (the key decides the partition as Kafka's
     default partitioner does, murmur2), and wait for the broker's acks. A record batch costs the
     producer a fraction of per-message ``send`` calls."""
@@ -125,15 +143,16 @@ async def send_batched(producer: Any, topic: str, messages: Sequence[tuple[bytes
     partitions = sorted(await producer.partitions_for(topic))
     batches: dict[int, Any] = {}
     pending = []
-    for key, value in messages:
+    for key, value, *rest in messages:
+        headers = rest[0] if rest else []
         p = partitions[(murmur2(key) & 0x7FFFFFFF) % len(partitions)]
         batch = batches.get(p)
         if batch is None:
             batch = batches[p] = producer.create_batch()
-        if batch.append(key=key, value=value, timestamp=None) is None:  # full: send it, start another
+        if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:  # full: send, start another
             pending.append(await producer.send_batch(batch, topic, partition=p))
             batch = batches[p] = producer.create_batch()
-            batch.append(key=key, value=value, timestamp=None)
+            batch.append(key=key, value=value, timestamp=None, headers=headers)
     for p, batch in batches.items():
         if batch.record_count():
             pending.append(await producer.send_batch(batch, topic, partition=p))

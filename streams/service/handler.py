@@ -28,10 +28,11 @@ from dataclasses import dataclass, field
 
 import orjson
 
+from models import identity
 from models.clv import ClvModel
-from models.events import Invalid, Reason, TouchpointEvent, decode_event
+from models.events import Invalid, Reason, TouchpointEvent, anonymous_profile, decode_event
 from models.journey import JourneyState, Outcome
-from models.partition import Effect, Erase, Input, Rules, Scorer, Tick, process
+from models.partition import Effect, Erase, Input, Link, Merge, Rules, Scorer, Tick, process
 from models.value import check_money
 from models.watermark import Clock
 from streams.service.ports import Claim, Conflict, DeadLetter, DeadLetterSink, Loaded, PartitionStore, SourceRecord
@@ -72,9 +73,11 @@ class BatchResult:
     duplicates: int = 0
     dead: list[DeadLetter] = field(default_factory=list)
     erasures: int = 0
+    identity: int = 0  # link and merge records applied (models/identity.py)
+    forwarded: int = 0  # anonymous events sent on to their customer
     predictions: int = 0
     examples: int = 0
-    messages: int = 0  # alerts and tombstones committed to the outbox
+    messages: int = 0  # alerts, tombstones and identity messages committed to the outbox
     applied_event_ms: list[int] = field(default_factory=list)
     partitions: set[int] = field(default_factory=set)
 
@@ -89,6 +92,8 @@ class Stats:
     batches: int = 0
     last_batch_size: int = 0
     erasures: int = 0
+    identity: int = 0
+    forwarded: int = 0
     predictions: int = 0
     redis_errors: int = 0
     kafka_errors: int = 0
@@ -99,6 +104,8 @@ class Stats:
         self.applied += result.applied
         self.duplicates += result.duplicates
         self.erasures += result.erasures
+        self.identity += result.identity
+        self.forwarded += result.forwarded
         self.predictions += result.predictions
         self.batches += 1
         self.last_batch_size = result.records
@@ -112,6 +119,8 @@ class Stats:
             "dead_letters": sum(self.dead_letters.values()),
             "dead_letters_by_reason": dict(sorted(self.dead_letters.items())),
             "erasures": self.erasures,
+            "identity_records": self.identity,
+            "forwarded": self.forwarded,
             "predictions": self.predictions,
             "batches": self.batches,
             "last_batch_size": self.last_batch_size,
@@ -122,8 +131,9 @@ class Stats:
 
 def decode(record: SourceRecord, rules: Rules, limits: Limits, now_ms: int) -> Input | Invalid:
     """One record as the engine's input: an event, an erasure request, or why it is invalid."""
-    if record.headers.get(CONTROL_HEADER) == b"erase":
-        return _decode_erase(record)
+    control = record.headers.get(CONTROL_HEADER)
+    if control is not None:
+        return _decode_control(control, record)
     if record.value is None:
         return Invalid(Reason.UNDECODABLE, "empty message (null value)")
     journey = rules.journey
@@ -136,12 +146,22 @@ def decode(record: SourceRecord, rules: Rules, limits: Limits, now_ms: int) -> I
                        rates=limits.rates, max_value=limits.max_value)
 
 
-def _decode_erase(record: SourceRecord) -> Erase | Invalid:
+def _decode_control(control: bytes, record: SourceRecord) -> Input | Invalid:
+    """A control record: an erasure request, or an identity message from another partition."""
     try:
         body = orjson.loads(record.value or b"")
-        return Erase(str(body["customer_id"]), int(body["requested_ms"]))
-    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
-        return Invalid(Reason.UNDECODABLE, "an erasure request needs {customer_id, requested_ms}")
+        if control == b"erase":
+            return Erase(str(body["customer_id"]), int(body["requested_ms"]))
+        if control == identity.LINK.encode():
+            return Link(str(body["anonymous_id"]), str(body["customer_id"]), int(body["ts_ms"]))
+        if control == identity.MERGE.encode():
+            anonymous_id = str(body["anonymous_id"])
+            doc = body["history"]
+            visitor = None if doc is None else identity.from_history(doc, anonymous_profile(anonymous_id))
+            return Merge(str(body["customer_id"]), anonymous_id, int(body["ts_ms"]), visitor)
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        return Invalid(Reason.UNDECODABLE, f"a {control.decode(errors='replace')} control record is malformed: {exc}")
+    return Invalid(Reason.UNDECODABLE, f"unknown control record {control.decode(errors='replace')!r}")
 
 
 def erase_request(customer_id: str, requested_ms: int) -> bytes:
@@ -286,7 +306,7 @@ class BatchHandler:
             effect, loaded = await self._apply(claim, inputs[pos:])
             consumed = effect.consumed
             done = pos + consumed >= len(inputs) and effect.complete
-            dead = self._account(effect, sources[pos : pos + consumed], result)
+            dead = self._account(effect, inputs[pos : pos + consumed], sources[pos : pos + consumed], result)
             # Without everything due loaded, the batch stops early: commit up to the first input not applied.
             offset = last if pos + consumed >= len(inputs) else sources[pos + consumed].offset - 1
             dead = sorted([d for d in pending if d.record.offset <= offset] + dead, key=lambda d: d.record.offset)
@@ -304,11 +324,17 @@ class BatchHandler:
             if done:
                 return result
 
-    def _account(self, effect: Effect, sources: Sequence[SourceRecord], result: BatchResult) -> list[DeadLetter]:
+    def _account(self, effect: Effect, inputs: Sequence[Input], sources: Sequence[SourceRecord],
+                 result: BatchResult) -> list[DeadLetter]:
         dead: list[DeadLetter] = []
-        for outcome, record in zip(effect.outcomes, sources, strict=True):
+        for outcome, item, record in zip(effect.outcomes, inputs, sources, strict=True):
             if outcome is None:
-                result.erasures += 1
+                if isinstance(item, Erase):
+                    result.erasures += 1
+                else:
+                    result.identity += 1
+            elif outcome is Outcome.FORWARDED:
+                result.forwarded += 1
             elif outcome is Outcome.APPLIED:
                 result.applied += 1
             elif outcome is Outcome.DUPLICATE:
@@ -352,8 +378,10 @@ class BatchHandler:
             if isinstance(item, TouchpointEvent):
                 cids[item.customer_id] = None
                 until = max(until, item.ts_ms - lateness)
-            elif isinstance(item, Erase):
+            elif isinstance(item, Erase | Merge):
                 cids[item.customer_id] = None
+            elif isinstance(item, Link):
+                cids[anonymous_profile(item.anonymous_id)] = None
             else:
                 until = max(until, item.watermark_ms)
         cache = self.cache.of(claim.partition)

@@ -201,6 +201,8 @@ class Pipeline:
             total.duplicates += one.duplicates
             total.dead += one.dead
             total.erasures += one.erasures
+            total.identity += one.identity
+            total.forwarded += one.forwarded
             total.predictions += one.predictions
             total.messages += one.messages
             total.applied_event_ms += one.applied_event_ms

@@ -19,7 +19,7 @@ from models.clv import OrderSummary
 from models.journey import JourneyState, OpenAlert, PendingPrediction
 from models.propensity import Example
 
-FORMAT = 1
+FORMAT = 2  # 2: identity fields appended; format 1 values are still read
 _SEEN = struct.Struct(">qi")
 
 
@@ -50,6 +50,7 @@ def encode(s: JourneyState) -> bytes:
         s.upsells,
         [[p.scored_ms, p.touchpoint, p.proba, p.predicted, p.model_version, p.features] for p in s.predictions],
         list(s.score) if s.score is not None else None, s.upsell_alert_ms,
+        s.anonymous_ids, s.merged_into, s.merged_ms,
     ]
     seen = b"".join(_SEEN.pack(d, -((base - t) // 1000)) for d, t in s.seen.items())
     return orjson.dumps(doc) + b"\n" + seen
@@ -64,11 +65,12 @@ def decode(raw: bytes) -> JourneyState:
     head, sep, seen = raw.partition(b"\n")
     try:
         d = orjson.loads(head)
-        if not sep or not isinstance(d, list) or d[0] != FORMAT:
+        if not sep or not isinstance(d, list) or d[0] not in (1, FORMAT):
             raise CorruptState(f"not a customer state of format {FORMAT}")
+        identity = d[29:] if d[0] == FORMAT else [{}, None, None]
         (_, cid, stage, since, first, last, events, tps, path, channel, channel_ms, orders, gross, refunded,
          fo_ms, fo_c, lo_ms, days, crit, crit_ms, sdue, sopen, ddue, dopen, hold, ups, preds, score,
-         up_alert) = d
+         up_alert) = d[:29]
         counts = {tp: v[0] for tp, v in tps.items()}
         lasts = {tp: v[1] + first for tp, v in tps.items() if v[1] is not None}
         return JourneyState(
@@ -79,6 +81,7 @@ def decode(raw: bytes) -> JourneyState:
             crit, crit_ms, sdue, _unopen(sopen), ddue, _unopen(dopen), hold,
             {dg: first + 1000 * t for dg, t in _SEEN.iter_unpack(seen)},
             ups, [PendingPrediction(*p) for p in preds], tuple(score) if score is not None else None, up_alert,
+            *identity,
         )
     except (orjson.JSONDecodeError, ValueError, TypeError, IndexError, struct.error) as exc:
         raise CorruptState(f"unreadable customer state: {exc}") from None
