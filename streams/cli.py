@@ -129,7 +129,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1_000_000)
     print(f"simulating {args.customers} customers (seed {seed}) -> {settings.touchpoints_topic}", file=sys.stderr)
     _, records = simulate(
-        args.customers, seed=seed, now_ms=int(time.time() * 1000), days=args.days, upsell_signal=args.upsell_signal
+        args.customers, seed=seed, now_ms=int(time.time() * 1000), days=args.days, upsell_signal=args.upsell_signal,
+        anonymous_share=args.anonymous_share,
     )
     summary = publish(
         records,
@@ -490,6 +491,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rate", type=float, default=2000.0, help="events per second (0 = as fast as possible)")
     p.add_argument("--seed", type=int, default=None, help="random seed (default: a new one, printed)")
     p.add_argument("--days", type=float, default=14.0, help="journeys start over the last N days")
+    p.add_argument("--anonymous-share", type=_share, default=0.5,
+                   help="share of customers who browse anonymously (anonymous_id only) until signup (0.5)")
     p.add_argument("--no-upsell-signal", dest="upsell_signal", action="store_false",
                    help="upgrades independent of the journey (the propensity model should then score about 0.5 AUC)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
@@ -570,6 +573,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_customer)
     return parser
+
+
+def _share(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a share between 0 and 1, got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a share between 0 and 1, got {text!r}")
+    return value
 
 
 def _positive_int(text: str) -> int:

@@ -80,6 +80,10 @@ class Settings(BaseSettings):
     # this much further: late history gets the chance to arrive before anyone is alerted.
     late_alert_grace: float = 600.0
 
+    # Anonymous visitors (identity stitching, models/identity.py)
+    anonymous_ttl: float = 30 * 86400.0  # a visitor not seen this long (event time) is forgotten
+    max_anonymous_ids: int = Field(default=20, ge=1)  # per customer; links beyond it are refused
+
     # Customer value
     currency: str = "EUR"
     fx_rates: str = ""  # "USD=0.92,GBP=1.17": units of `currency` per unit; other currencies go to the DLQ
@@ -128,6 +132,7 @@ class Settings(BaseSettings):
         "model_reload_interval",
         "late_alert_grace",
         "session_timeout",
+        "anonymous_ttl",
         mode="before",
     )
     @classmethod

@@ -95,7 +95,8 @@ def run_demo(
         _wait_healthy(base, proc, log_path)
         seed = seed if seed is not None else random.SystemRandom().randrange(1_000_000)
         # 90 days of history, so that most scoring points reach the end of their horizon (labels)
-        truth, records = simulate(customers, seed=seed, now_ms=int(time.time() * 1000), days=90)
+        # half of them browse anonymously until signup: the demo shows their journeys stitched
+        truth, records = simulate(customers, seed=seed, now_ms=int(time.time() * 1000), days=90, anonymous_share=0.5)
         say(f"== simulating {customers} customers at {rate:.0f} events/s (seed {seed})")
         outcome: dict[str, PublishSummary | BaseException] = {}
         stop = threading.Event()
@@ -155,6 +156,11 @@ def run_demo(
             )
         example = next((c.customer_id for c in truth if c.touchpoints), "c000001")
         say(f"== look a customer up: curl {base}/customers/{example}")
+        stitched = next((c for c in truth if c.linked and len(c.devices) == 2), None)
+        if stitched is not None:
+            say(f"== a stitched journey (browsed anonymously on two devices, then signed up): "
+                f"curl {base}/customers/{stitched.customer_id}   one of its devices: "
+                f"curl {base}/customers/{stitched.devices[1]}")
         say(f"== funnel: curl {base}/journey/funnel   gaps: curl {base}/journey/gaps   health: curl {base}/healthz")
         if exit_when_drained:
             return 0

@@ -194,6 +194,16 @@ class SimCustomer:
     touchpoints: tuple[tuple[str, int], ...]  # (touchpoint, event_time_ms), event-time order
     dropped_after: str | None  # stage they went silent in; None if advocacy reached or still running
     upgraded: bool
+    # Anonymous browsing before signup (``anonymous_share``): the devices' anonymous ids, and which
+    # of them an event links to the customer (the signup; a second device at the next event after it).
+    devices: tuple[str, ...] = ()
+    linked: bool = False  # every device is linked to the customer by some event (else: never signed up)
+
+    def anonymous_before(self) -> int | None:
+        """Events before this event time went out under an anonymous id alone (None: none did)."""
+        if not self.devices:
+            return None
+        return next((t for tp, t in self.touchpoints if tp == "signup"), 1 << 62)
 
 
 @dataclass
@@ -457,6 +467,8 @@ def simulate(
     late_share: float = 0.02,
     malformed_share: float = 0.005,
     upsell_signal: bool = True,
+    anonymous_share: float = 0.0,
+    two_device_share: float = 0.25,
 ) -> tuple[list[SimCustomer], Iterator[SimRecord]]:
     """Plan ``customers`` journeys and return their ground truth and the records to publish.
 
@@ -473,6 +485,12 @@ def simulate(
         arrivals, and invalid payloads.
     upsell_signal
         Plant the upsell rule described in the module docstring.
+    anonymous_share
+        Share of customers who browse anonymously until they sign up: their events before the
+        signup carry only an ``anonymous_id`` (keyed by it), the signup carries both ids. Those
+        who never sign up stay anonymous. Of them, ``two_device_share`` also browse on a second
+        device (its own anonymous id, half of their pre-signup events), linked by the first event
+        after the signup (only customers with such an event get one).
 
     Returns
     -------
@@ -519,10 +537,42 @@ def simulate(
     p_mal = malformed_share / valid_share
     p_late = late_share / valid_share
     cids = [c.customer_id for c in truth]
+    identities: list[tuple[str, str | None, int | None] | None] = [None] * len(truth)
+    if anonymous_share > 0:  # its own generator: the records without it stay byte-identical
+        who = random.Random(f"{seed}:anonymous")
+        for i, c in enumerate(truth):
+            if who.random() >= anonymous_share:
+                continue
+            signup = next((t for tp, t in c.touchpoints if tp == "signup"), None)
+            after = signup is not None and any(t > signup for _, t in c.touchpoints)
+            # A second device only for those with an event after signup: that event links it.
+            second = f"d-{c.customer_id}-m" if who.random() < two_device_share and after else None
+            identities[i] = (f"d-{c.customer_id}", second, signup)
+            devices = (f"d-{c.customer_id}",) + ((second,) if second else ())
+            truth[i] = SimCustomer(c.customer_id, c.touchpoints, c.dropped_after, c.upgraded, devices,
+                                   signup is not None)
     records = _records(
-        plan, cids, platforms, random.Random(stream_seed), now_ms, p_dup=p_dup, p_mal=p_mal, p_late=p_late
+        plan, cids, platforms, random.Random(stream_seed), now_ms, p_dup=p_dup, p_mal=p_mal, p_late=p_late,
+        identities=identities, devices=random.Random(f"{seed}:devices"),
     )
     return truth, records
+
+
+def _identify(doc: dict[str, Any], ident: tuple[str, str | None, int | None], t: int,
+              rng: random.Random | None, second_linked: set[str]) -> bytes:
+    """Give an anonymously browsing customer's event its ids (see ``anonymous_share``); return its key."""
+    device, second, signup = ident
+    cid = doc["customer_id"]
+    if signup is None or t < signup:  # before signup: the anonymous id alone (phone or laptop)
+        del doc["customer_id"]
+        doc["anonymous_id"] = second if second and rng is not None and rng.random() < 0.5 else device
+        return doc["anonymous_id"].encode()
+    if t == signup:
+        doc["anonymous_id"] = device
+    elif second and second not in second_linked:  # the first event after signup: a login on the phone
+        second_linked.add(second)
+        doc["anonymous_id"] = second
+    return cid.encode()
 
 
 def _records(
@@ -535,6 +585,8 @@ def _records(
     p_dup: float,
     p_mal: float,
     p_late: float,
+    identities: list[tuple[str, str | None, int | None] | None] | None = None,
+    devices: random.Random | None = None,
 ) -> Iterator[SimRecord]:
     """Serialise the plan in publish order, with late, duplicate and malformed records mixed in."""
     n = len(plan.times)
@@ -556,6 +608,7 @@ def _records(
     max_valid = -1  # highest event time of a valid record published so far
 
     ids_hex, id_pos = "", 0  # random bits for event ids, drawn in blocks (one call per event is slow)
+    second_linked: set[str] = set()  # customers whose second device has been linked
 
     for k in order:
         i = k & mask
@@ -591,6 +644,10 @@ def _records(
             mal_next += 1
             bad = dict(doc, event_id=event_id(rng))
             yield SimRecord(key, _malformed(kind, bad, rng, now_ms, t), "malformed", t)
+
+        ident = identities[c] if identities else None
+        if ident is not None:
+            key = _identify(doc, ident, t, devices, second_linked)
 
         raw = dumps(doc)
         if p_late and rand() < p_late:

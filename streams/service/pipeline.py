@@ -66,6 +66,8 @@ def rules_of(settings: Settings, journey: JourneyMap) -> Rules:
         clv_discount_rate=settings.clv_discount_rate,
         early_positives=settings.model_learn_positives == "at_upsell",
         upsell_alert_min_examples=settings.model_alert_min_examples,
+        anonymous_ttl_ms=int(settings.anonymous_ttl * 1000),
+        max_anonymous_ids=settings.max_anonymous_ids,
     )
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from models.alerts import AlertFacts, AlertStatus, AlertType, alert_id
 from models.durations import DAY_MS, iso
+from models.events import ANONYMOUS_PREFIX, anonymous_profile, customer_id_problem, is_anonymous
 from models.gaps import gap_report
 from models.journey import JourneyState, OpenAlert
 from models.journey_map import JourneyMap
@@ -25,8 +26,11 @@ from streams.service.ports import StateQueries
 
 def journey_body(state: JourneyState) -> dict[str, Any]:
     """The journey part of a customer lookup."""
+    anonymous = is_anonymous(state.customer_id)
     return {
-        "customer_id": state.customer_id,
+        "customer_id": None if anonymous else state.customer_id,
+        **({"anonymous_id": state.customer_id.removeprefix(ANONYMOUS_PREFIX)} if anonymous else
+           {"anonymous_ids": sorted(state.anonymous_ids)}),
         "stage": state.stage,
         "stage_since": iso(state.stage_since_ms),
         "events": state.events,
@@ -74,10 +78,21 @@ async def customer_as_of(queries: StateQueries, customer_id: str) -> int | None:
 async def customer_view(
     queries: StateQueries, clv: ClvModels, rules: Rules, customer_id: str, *, as_of_ms: int | None = None
 ) -> dict[str, Any] | None:
-    """A customer lookup: journey, value (``clv``), propensity and open alerts; None if unknown."""
+    """A customer lookup: journey, value (``clv``), propensity and open alerts; None if unknown.
+
+    An id that is no customer's is looked up as an anonymous id: an anonymous visitor answers
+    with their journey (``customer_id`` null), one merged into a customer with ``merged_into``.
+    """
     state = await queries.customer(customer_id)
+    if state is None and not customer_id_problem(customer_id):
+        customer_id = anonymous_profile(customer_id)
+        state = await queries.customer(customer_id)
     if state is None:
         return None
+    if state.merged_into is not None:
+        assert state.merged_ms is not None
+        return {"customer_id": None, "anonymous_id": customer_id.removeprefix(ANONYMOUS_PREFIX),
+                "merged_into": state.merged_into, "merged_at": iso(state.merged_ms)}
     if as_of_ms is None:
         as_of_ms = await customer_as_of(queries, customer_id) or state.last_seen_ms
     model = await clv.load(max_age_s=5.0)
@@ -120,7 +135,9 @@ async def gaps_view(
 
 
 async def funnel_view(queries: StateQueries, journey: JourneyMap, as_of_ms: int | None = None) -> dict[str, Any]:
-    """Customers in each stage now, with the 30-day conversion and drop-off rates."""
+    """Customers in each stage now, with the 30-day conversion and drop-off rates. Anonymous visitors
+    (not yet linked to a customer) are counted apart, in ``anonymous_visitors``: a person is in one
+    of the two columns, never both, once their link has been applied."""
     totals = await queries.aggregates()
     gaps = await gaps_view(queries, journey, 30, as_of_ms)
     by_stage = {s["stage"]: s for s in gaps["stages"]}
@@ -130,6 +147,7 @@ async def funnel_view(queries: StateQueries, journey: JourneyMap, as_of_ms: int 
             {
                 "stage": s,
                 "customers": totals.get(f"f|{s}", 0),
+                "anonymous_visitors": totals.get(f"a|{s}", 0),
                 "reached_30d": by_stage[s]["reached"],
                 "conversion_rate_30d": by_stage[s]["converted_to_next"],
                 "drop_off_rate_30d": by_stage[s]["drop_off_rate"],
