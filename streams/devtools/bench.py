@@ -62,7 +62,7 @@ from streams.kafka.topics import ensure_topics
 from streams.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]  # a source checkout (for the git commit); the bench runs without one
-SCENARIOS = ("drain", "cluster", "scale", "latency", "memory", "deadlines")
+SCENARIOS = ("drain", "identity", "cluster", "scale", "latency", "memory", "deadlines")
 PEERS = ("faust_bare", "faust_batch", "quix", "naive")
 POLL_S = 0.1
 DAY_MS = 86_400_000
@@ -77,6 +77,7 @@ TARGETS = {
     "deadline_none_due": "≤ 1 ms",
     "scale": "≥ 1.8×",
     "cluster": "identical",
+    "identity": "≤ 15 % fewer events/s",
 }
 
 
@@ -369,13 +370,13 @@ class Bench:
         self.spaces.append(space)
         return space
 
-    def records(self, name: str, events: int, seed: int) -> list[SimRecord]:
+    def records(self, name: str, events: int, seed: int, anonymous_share: float = 0.0) -> list[SimRecord]:
         """The simulator's seeded mix, about ``events`` records (journeys over the last 14 days)."""
         if name not in self._records:
             _, pilot = simulate(500, seed=seed, now_ms=self.now_ms)
             per_customer = sum(1 for _ in pilot) / 500
             customers = max(1, round(events / per_customer))
-            _, stream = simulate(customers, seed=seed, now_ms=self.now_ms)
+            _, stream = simulate(customers, seed=seed, now_ms=self.now_ms, anonymous_share=anonymous_share)
             self._records[name] = list(stream)
         return self._records[name]
 
@@ -468,7 +469,10 @@ class Bench:
             for p in procs:
                 p.check_alive()
             stats = [p.stats() for p in procs]
-            consumed = [s["consumed"] if s else 0 for s in stats]
+            # Records published to the topic: what the worker consumed, less the identity records its
+            # own outbox added (link and merge records, and a second copy of each forwarded event).
+            consumed = [s["consumed"] - s.get("identity_records", 0) - s.get("forwarded", 0) if s else 0
+                        for s in stats]
             if first_any is None and any(consumed):
                 first_any = now
             if t0 is None and all(consumed):
@@ -476,7 +480,11 @@ class Bench:
                     self.settle()
                     continue
                 t0, c0, cpu0 = now, sum(consumed), self.cpu_snapshot(procs, cluster=cluster)
-            if sum(consumed) >= produced:
+            # Done when every published record is processed, and so is every identity record the
+            # workers published to the topic themselves (none without anonymous traffic).
+            published = sum(sum((s.get("identity_messages_published") or {}).values()) for s in stats if s)
+            everything = sum(s["consumed"] for s in stats if s)
+            if sum(consumed) >= produced and everything >= produced + published:
                 t1, cpu1 = now, self.cpu_snapshot(procs, cluster=cluster)
                 break
             time.sleep(POLL_S)
@@ -486,7 +494,8 @@ class Bench:
         window = t1 - t0
         counted = sum(consumed) - c0
         per_1k = cpu_per_1k(cpu0, cpu1, counted, window)
-        total = {k: sum(s.get(k, 0) for s in final) for k in ("consumed", "applied", "duplicates", "dead_letters")}
+        total = {k: sum(s.get(k, 0) for s in final)
+                 for k in ("consumed", "applied", "duplicates", "dead_letters", "identity_records", "forwarded")}
         result: dict[str, Any] = {
             "kind": kind,
             "workers": workers,
@@ -500,9 +509,9 @@ class Bench:
             "cpu_seconds_per_1k_events": per_1k,
             **total,
             "alerts_emitted": sum(s.get("alerts_emitted", 0) for s in final),
-            "accounted": total["applied"] + total["duplicates"] + total["dead_letters"] == total["consumed"]
-            and total["consumed"] >= produced,
-            "redelivered": total["consumed"] - produced,
+            "accounted": total["applied"] + total["duplicates"] + total["dead_letters"] + total["identity_records"]
+            + total["forwarded"] == total["consumed"] and total["consumed"] >= produced,
+            "redelivered": total["consumed"] - total["identity_records"] - total["forwarded"] - produced,
             "committed_lag_after": None,  # filled in by finish()
         }
         self.finish(procs, space, result)
@@ -599,6 +608,39 @@ class Bench:
             out["peers"]["quix"] = {"skipped": "quixstreams is not installed (pip install 'journey-tracker[bench]')"}
         # the naive baseline applied the same events as ours did from the same first records
         return out
+
+    def scenario_identity(self) -> dict[str, Any]:
+        """The cost of identity stitching: the same journeys drained with every event naming its
+        customer, and with half of the customers browsing anonymously until signup (their events
+        keyed by the anonymous id; the merges add link and merge records), in alternating pairs."""
+        o = self.options
+        known = self.records("identity-known", o.events, o.seed + 9)
+        anonymous = self.records("identity-anonymous", o.events, o.seed + 9, anonymous_share=0.5)
+        rounds = [(self.space(f"known{i}"), self.space(f"anon{i}")) for i in range(o.pairs)]
+        self.echo(f"== identity: {len(known):,} records with customer ids only, then the same journeys with half "
+                  f"of the customers anonymous before signup; {o.pairs} pair(s)")
+        for a, b in rounds:
+            self.preload(a, known)
+            self.preload(b, anonymous)
+        runs: dict[str, list[dict[str, Any]]] = {"known": [], "anonymous": []}
+        for a, b in rounds:
+            for label, space in (("known", a), ("anonymous", b)):
+                run = self.drain(space, "ours")
+                self._say_run(f"{label:<11}", run)
+                runs[label].append(run)
+        eps = {k: statistics.median([r["events_per_s"] or 0.0 for r in v]) for k, v in runs.items()}
+        cpu = {k: _median_cpu(v) for k, v in runs.items()}
+        return {
+            "records": len(known),
+            "runs": runs,
+            "known_events_per_s": eps["known"],
+            "anonymous_events_per_s": eps["anonymous"],
+            "drop": 1 - eps["anonymous"] / eps["known"] if eps["known"] else None,
+            "cpu_seconds_per_1k_events": cpu,
+            "identity_records": [r["identity_records"] for r in runs["anonymous"]],
+            "method": "events/s and CPU per published record; the identity records the worker adds are work "
+            "inside the window, not counted as events",
+        }
 
     def scenario_cluster(self) -> dict[str, Any]:
         o = self.options
@@ -1223,6 +1265,14 @@ def table(report: dict[str, Any]) -> str:
             rows.append((f"  {names[name]}: ev/s, worker CPU s/1k, ours / it",
                          f"{_num(peer['events_per_s'], 0)}, {_num(pc['worker'], 3)}, "
                          f"{_num(peer['ours_over_peer'], 2, '×')}", TARGETS["ratio_quix"] if name == "quix" else ""))
+    if "identity" in r:
+        i = r["identity"]
+        ck, ca = i["cpu_seconds_per_1k_events"]["known"], i["cpu_seconds_per_1k_events"]["anonymous"]
+        rows.append((f"identity: 50 % anonymous before signup vs customer ids only ({i['records']:,} events)",
+                     f"{_num(i['anonymous_events_per_s'], 0)} / {_num(i['known_events_per_s'], 0)} ev/s, "
+                     f"drop {_num(100 * i['drop'] if i['drop'] is not None else None, 1, ' %')}", TARGETS["identity"]))
+        rows.append(("  worker CPU s per 1k events: anonymous / known",
+                     f"{_num(ca['worker'], 3)} / {_num(ck['worker'], 3)}", ""))
     if "cluster" in r:
         cl = r["cluster"]
         rows.append((f"single Redis vs Redis Cluster ({cl['shards']} masters), same {cl['records']:,} records",

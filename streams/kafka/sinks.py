@@ -63,7 +63,8 @@ class OutboxPublisher:
         self.touchpoints_topic = touchpoints_topic
         self.pseudonym = pseudonym
         self.locks: dict[int, asyncio.Lock] = {}
-        self.emitted: dict[str, int] = {}  # "type:status" -> messages published
+        self.emitted: dict[str, int] = {}  # "type:status" -> alerts and tombstones published
+        self.identity: dict[str, int] = {}  # link / merge / erase / forward -> identity messages published
         self.errors = 0
         self.requested: set[int] = set()
         self.wakeup = asyncio.Event()
@@ -115,6 +116,9 @@ class OutboxPublisher:
         import orjson
 
         for m in messages:
+            if m.type == IDENTITY:
+                self.identity[m.status] = self.identity.get(m.status, 0) + 1
+                continue
             label = f"{m.type}:{m.status}"
             self.emitted[label] = self.emitted.get(label, 0) + 1
         for m in messages[-(self.recent.maxlen or 50):]:

@@ -38,6 +38,9 @@ class WorkerCollector(Collector):
             ("journey_events_consumed", s.consumed, "Events read from the touchpoints topic."),
             ("journey_events_applied", s.applied, "Events applied to journey state (first delivery)."),
             ("journey_events_duplicate", s.duplicates, "Redelivered or re-sent events recognised and skipped."),
+            ("journey_identity_records", s.identity, "Link and merge records applied (identity stitching)."),
+            ("journey_events_forwarded", s.forwarded,
+             "Anonymous events of visitors already merged, sent on to their customer."),
             ("journey_redis_errors", s.redis_errors, "Redis calls that failed and were retried."),
             ("journey_kafka_errors", s.kafka_errors, "Kafka sends (alerts) that failed and were retried."),
         ):
@@ -53,6 +56,14 @@ class WorkerCollector(Collector):
             kind, _, status = label.partition(":")
             alerts.add_metric([kind, status], n)
         yield alerts
+        identity = CounterMetricFamily(
+            "journey_identity_messages", "Identity messages published to the touchpoints topic (link, merge, "
+            "erase: control records; forward: a merged visitor's late event sent on to the customer).",
+            labels=["kind"],
+        )
+        for kind, n in sorted(self.status.identity.items()):
+            identity.add_metric([kind], n)
+        yield identity
         wm = GaugeMetricFamily(
             "journey_watermark_seconds", "Event-time watermark per partition (Unix seconds).", labels=["partition"]
         )

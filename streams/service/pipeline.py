@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from models.events import Reason
+from models.events import Reason, anonymous_profile, customer_id_problem
 from models.journey import StateLimits
 from models.journey_map import JourneyMap
 from models.partition import Rules
@@ -239,6 +239,10 @@ class Pipeline:
         """Ask the partition holding the customer to erase them (a control record, applied in order
         with their events); wait up to ``wait_s`` for it. Returns ``erased``, ``pending`` or ``unknown``."""
         p = await self.store.partition_of(customer_id)
+        if p is None and not customer_id_problem(customer_id):  # an anonymous visitor's id
+            profile = anonymous_profile(customer_id)
+            if (p := await self.store.partition_of(profile)) is not None:
+                customer_id = profile
         label = pseudonym(self.pseudonym_key, customer_id)
         if p is None:
             log.info("erasure of %s requested by %s: nothing stored", label, requested_by)

@@ -17,6 +17,7 @@ class Published(Protocol):
     """The outbox publisher, as far as the status needs it."""
 
     emitted: dict[str, int]
+    identity: dict[str, int]
     errors: int
     recent: Any
 
@@ -70,6 +71,7 @@ class WorkerStatus:
             "kafka_errors": self._pipeline.stats.kafka_errors + self._publisher.errors,
             "alerts_emitted": sum(n for k, n in emitted.items() if not k.startswith("tombstone")),
             "alerts_emitted_by_type": dict(sorted(emitted.items())),
+            "identity_messages_published": dict(sorted(self._publisher.identity.items())),
             "owned_partitions": self.owned(),
         }
 
@@ -80,6 +82,10 @@ class WorkerStatus:
     @property
     def emitted(self) -> dict[str, int]:
         return self._publisher.emitted
+
+    @property
+    def identity(self) -> dict[str, int]:
+        return self._publisher.identity
 
     def recent_alerts(self) -> list[dict[str, Any]]:
         return list(self._publisher.recent)

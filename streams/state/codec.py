@@ -1,8 +1,10 @@
 """How a customer's state is stored: one compact value per customer.
 
 A JSON array (orjson) of the state's fields, a newline, then the dedupe set packed as 12
-bytes per event id (64-bit digest, event time in whole seconds after ``first_seen``, rounded
-up: an id is forgotten up to a second later than exactly, never sooner). JSON never contains a raw
+bytes per event id (64-bit digest, event time rounded up to a whole second of the epoch, stored as
+seconds after ``first_seen``'s second: an id is forgotten up to a second later than exactly, never
+sooner; the rounding is absolute, so a state stored again after ``first_seen`` moved, e.g. by a
+merge of an anonymous visitor's history, keeps the same times). JSON never contains a raw
 newline, so the first newline splits the two parts. The path's and the touchpoints' times
 are stored relative to ``first_seen`` (shorter numbers). Field order is the format:
 ``FORMAT`` changes when it does, and a value in an unknown format is refused, never guessed.
@@ -52,7 +54,8 @@ def encode(s: JourneyState) -> bytes:
         list(s.score) if s.score is not None else None, s.upsell_alert_ms,
         s.anonymous_ids, s.merged_into, s.merged_ms,
     ]
-    seen = b"".join(_SEEN.pack(d, -((base - t) // 1000)) for d, t in s.seen.items())
+    base_s = base // 1000
+    seen = b"".join(_SEEN.pack(d, -(-t // 1000) - base_s) for d, t in s.seen.items())
     return orjson.dumps(doc) + b"\n" + seen
 
 
@@ -79,7 +82,8 @@ def decode(raw: bytes) -> JourneyState:
             orders, gross, refunded, fo_ms, fo_c, lo_ms,
             {day: c for day, c, _ in days}, {day: n for day, _, n in days if n},
             crit, crit_ms, sdue, _unopen(sopen), ddue, _unopen(dopen), hold,
-            {dg: first + 1000 * t for dg, t in _SEEN.iter_unpack(seen)},
+            ({dg: (first // 1000 + t) * 1000 for dg, t in _SEEN.iter_unpack(seen)} if d[0] == FORMAT
+             else {dg: first + 1000 * t for dg, t in _SEEN.iter_unpack(seen)}),
             ups, [PendingPrediction(*p) for p in preds], tuple(score) if score is not None else None, up_alert,
             *identity,
         )

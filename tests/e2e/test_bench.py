@@ -48,6 +48,17 @@ def test_quick_bench_runs_every_scenario_and_reports_the_figures(
     assert cluster["single"]["applied"] == cluster["cluster"]["applied"] > 0
     assert cluster["shards"] == 3 and cluster["redis_cpu_us_per_event"] > 0
 
+    # Identity stitching's cost: the same journeys with customer ids only, and with half of the
+    # customers anonymous before signup; the worker processed every published record in both, and
+    # the anonymous copy's merges added identity records of their own.
+    identity = r["identity"]
+    for run in identity["runs"]["known"]:
+        assert run["identity_records"] == run["forwarded"] == 0 and run["consumed"] == run["produced"]
+    for run in identity["runs"]["anonymous"]:
+        assert run["identity_records"] > 0
+        assert run["consumed"] - run["identity_records"] - run["forwarded"] == run["produced"] == identity["records"]
+        assert run["accounted"] and run["committed_lag_after"] == 0
+
     scale = r["scale"]
     assert scale["one"]["applied"] == scale["two"]["applied"] > 0
     for run in (scale["one"], scale["two"]):

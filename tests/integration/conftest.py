@@ -139,15 +139,18 @@ class WorkerProcess:
 
     def drained(self) -> bool:
         """Everything published so far is applied and committed to the store, and its alerts are
-        published: the store's offset of every partition is at the topic's end, every outbox is empty."""
+        published: the store's offset of every partition is at the topic's end, every outbox is empty,
+        and the topic's end did not move meanwhile (applying a record may publish another one to the
+        touchpoints topic: identity messages)."""
         r, k = self.redis, self.keys
-        for p, end in self.end_offsets().items():
+        ends = self.end_offsets()
+        for p, end in ends.items():
             offset = r.hget(k.meta(p), "offset")
             if end and (offset is None or int(offset) < end - 1):
                 return False
-            if r.llen(k.outbox(p)):
-                return False
-        return True
+        if any(r.llen(k.outbox(p)) for p in ends):
+            return False
+        return self.end_offsets() == ends
 
     def wait_drained(self, timeout: float = 120) -> None:
         wait_for(self.drained, timeout, f"the worker to apply everything published (log: {self.log_path})")

@@ -9,7 +9,9 @@ examples it learned and its weights). Alerts may be published again after a cras
 documented), never differently.
 
 The simulator's seeded mix is the input: purchases, onboarding and upgrades (so predictions are
-made and settled), about 1 % duplicates, 2 % late and 0.5 % malformed records.
+made and settled), about 1 % duplicates, 2 % late and 0.5 % malformed records, and half of the
+customers browsing anonymously before signup (their histories merge across partitions, through
+identity messages that the crashes interrupt too).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import Any
 
 import pytest
 
+from models.events import anonymous_profile
 from streams.devtools import stack as local_stack
 from streams.devtools.compare import outcome
 from streams.devtools.simulate import simulate
@@ -116,7 +119,8 @@ def model_of(w: WorkerProcess) -> tuple[int, dict[str, Any]]:
 @pytest.fixture(scope="module")
 def records():
     # journeys starting over 45 days: the 14-day horizons of the early ones end within the stream
-    _, planned = simulate(CUSTOMERS, seed=29, now_ms=int(time.time() * 1000), days=45)
+    # half of the customers browse anonymously until signup: their histories merge across partitions
+    _, planned = simulate(CUSTOMERS, seed=29, now_ms=int(time.time() * 1000), days=45, anonymous_share=0.5)
     return list(planned)
 
 
@@ -131,7 +135,8 @@ def publish(w: WorkerProcess, records) -> None:
 # are collected (and warned about) here, not in whichever test happens to run the garbage collector next.
 @pytest.mark.filterwarnings("ignore::ResourceWarning", "ignore::pytest.PytestUnraisableExceptionWarning")
 def test_crashes_of_the_worker_redis_and_the_broker_change_nothing(worker_factory, records):
-    customers = sorted({r.key.decode() for r in records if r.key})
+    keys = sorted({r.key.decode() for r in records if r.key})
+    customers = keys + [anonymous_profile(k) for k in keys]  # customers, anonymous visitors and merged markers
     calm, chaos = worker_factory(**SETTINGS), worker_factory(**SETTINGS)
 
     publish(calm, records)
@@ -164,8 +169,20 @@ def test_crashes_of_the_worker_redis_and_the_broker_change_nothing(worker_factor
             return sum(1 for k in a.keys() | b.keys() if a.get(k) != b.get(k))
         return len(set(a) ^ set(b))
 
+    def example() -> str:
+        """The first differing customer, field by field, and the differing aggregates (for the failure message)."""
+        a, b = expected["customers"], got["customers"]
+        cid = next((k for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)), None)
+        fields = {} if cid is None else {f: (a.get(cid, {}).get(f), b.get(cid, {}).get(f))
+                                         for f in (a.get(cid) or b.get(cid) or {})
+                                         if (a.get(cid) or {}).get(f) != (b.get(cid) or {}).get(f)}
+        aggs = {k: (expected["aggregates"].get(k), got["aggregates"].get(k))
+                for k in expected["aggregates"].keys() | got["aggregates"].keys()
+                if expected["aggregates"].get(k) != got["aggregates"].get(k)}
+        return f"first differing customer {cid}: {fields}; aggregates: {aggs}"
+
     assert {part: differing(part) for part in ("customers", "aggregates", "gaps", "alerts")} == {
-        "customers": 0, "aggregates": 0, "gaps": 0, "alerts": 0}
+        "customers": 0, "aggregates": 0, "gaps": 0, "alerts": 0}, example()
     # pending predictions are part of the states compared
     assert sum(len(s["predictions"]) for s in expected["customers"].values()) > 100
 

@@ -115,6 +115,29 @@ def test_erasure_by_api_removes_every_trace_and_tells_downstream(worker: WorkerP
     assert status == 200 and body["events"] == 1 and body["touchpoints"] == {"site_visit": 1}
 
 
+def test_erasure_removes_the_links_and_the_merged_anonymous_history(worker: WorkerProcess):
+    t = int(time.time() * 1000) - 3_600_000
+    device = "dev-tess-laptop"
+    worker.send({"event_id": "tess-1", "anonymous_id": device, "touchpoint": "ad_click", "timestamp": t,
+                 "channel": "search"}, key=device.encode())
+    worker.send({"event_id": "tess-2", "customer_id": "tess", "anonymous_id": device, "touchpoint": "signup",
+                 "timestamp": t + 60_000})
+    worker.wait_drained()
+    assert call(worker, "GET", "/customers/tess")[1]["anonymous_ids"] == [device]
+    assert call(worker, "GET", f"/customers/{device}")[1]["merged_into"] == "tess"
+
+    assert call(worker, "DELETE", "/customers/tess")[1]["erased"] is True
+    worker.wait_drained()  # the erasure of the link, in the device's partition
+    assert call(worker, "GET", f"/customers/{device}")[0] == 404
+    assert traces(worker, "tess") == [] and traces(worker, device) == []
+    # An old event of the device (a redelivery, a replay) does not bring the visitor or the link back.
+    worker.send({"event_id": "tess-1", "anonymous_id": device, "touchpoint": "ad_click", "timestamp": t,
+                 "channel": "search"}, key=device.encode())
+    worker.wait_drained()
+    assert call(worker, "GET", f"/customers/{device}")[0] == 404
+    assert traces(worker, device) == []
+
+
 def test_erasure_request_on_the_topic(worker: WorkerProcess):
     seed(worker, "ray")
     worker.producer.send(worker.settings.erasure_topic, key=b"ray",
