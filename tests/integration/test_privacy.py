@@ -131,11 +131,13 @@ def test_erasure_removes_the_links_and_the_merged_anonymous_history(worker: Work
     assert call(worker, "GET", f"/customers/{device}")[0] == 404
     assert traces(worker, "tess") == [] and traces(worker, device) == []
     # An old event of the device (a redelivery, a replay) does not bring the visitor or the link back.
+    before = len(erased_letters(worker))
     worker.send({"event_id": "tess-1", "anonymous_id": device, "touchpoint": "ad_click", "timestamp": t,
                  "channel": "search"}, key=device.encode())
     worker.wait_drained()
     assert call(worker, "GET", f"/customers/{device}")[0] == 404
     assert traces(worker, device) == []
+    assert len(erased_letters(worker)) == before + 1
 
 
 def test_erasure_request_on_the_topic(worker: WorkerProcess):
@@ -147,8 +149,13 @@ def test_erasure_request_on_the_topic(worker: WorkerProcess):
     assert tombstones(worker).count(b"ray") == 1
 
 
+def erased_letters(w: WorkerProcess) -> list:
+    return [m for m in w.dead_letters() if dict(m.headers)["journey.error.reason"] == b"erased_customer"]
+
+
 def test_an_erasure_sticks_through_a_crash_and_a_replay_of_the_old_events(worker: WorkerProcess):
     events = seed(worker, "sue")
+    before = len(erased_letters(worker))  # the module's other tests dead-letter some too
     assert call(worker, "DELETE", "/customers/sue")[1]["erased"] is True
     # Crash within the commit interval: Kafka has not recorded that the worker read sue's events,
     # and the producer re-sends them too (a replay of old history).
@@ -158,8 +165,8 @@ def test_an_erasure_sticks_through_a_crash_and_a_replay_of_the_old_events(worker
     worker.wait_drained()
     assert call(worker, "GET", "/customers/sue")[0] == 404
     assert traces(worker, "sue") == []
-    letters = [m for m in worker.dead_letters() if dict(m.headers)["journey.error.reason"] == b"erased_customer"]
-    assert len(letters) == len(events)
+    letters = erased_letters(worker)
+    assert len(letters) - before == len(events)
     assert all(m.key is None and m.value == b"" for m in letters)  # their position only, never their content
 
 
