@@ -533,6 +533,7 @@ def _merge(item: Merge, rules: Rules, states: dict[str, JourneyState | None], ef
         return None  # erased since, or already merged (a second copy of the message)
     customer.anonymous_ids[item.anonymous_id] = True
     effect.merged += 1
+    effect.count("identity_merged")
     if item.visitor is not None:
         stage_before = customer.stage
         identity.fold(customer, item.visitor, rules.journey, rules.limits)

@@ -53,6 +53,11 @@ def _without(doc: dict[str, Any], name: str) -> bytes:
     return _dumps({k: v for k, v in doc.items() if k != name})
 
 
+def _anonymous(doc: dict[str, Any], anonymous_id: Any) -> bytes:
+    """The event as an anonymous visitor's (no customer id) with this anonymous id."""
+    return _dumps({**{k: v for k, v in doc.items() if k != "customer_id"}, "anonymous_id": anonymous_id})
+
+
 def _raw_value(doc: dict[str, Any], literal: str) -> bytes:
     """The document with ``value`` set to a JSON literal orjson would never write (1e309, NaN, 10**29)."""
     body = _dumps({k: v for k, v in doc.items() if k != "value"})
@@ -117,6 +122,13 @@ KINDS: dict[str, tuple[Kind, Reason]] = {
                                    Reason.INVALID_CUSTOMER_ID),
     "customer_id_empty": (lambda o, v, r, now: _with(v, customer_id=""), Reason.INVALID_CUSTOMER_ID),
     "customer_id_too_long": (lambda o, v, r, now: _with(v, customer_id="c" * 257), Reason.INVALID_CUSTOMER_ID),
+    # anonymous ids (identity stitching): the same rules; the internal profile prefix {a} cannot be forged
+    "anonymous_id_forged_profile": (lambda o, v, r, now: _anonymous(v, "{a}" + v["customer_id"]),
+                                    Reason.INVALID_CUSTOMER_ID),
+    "anonymous_id_number": (lambda o, v, r, now: _anonymous(v, r.randrange(10**6)), Reason.WRONG_TYPE),
+    "anonymous_id_empty": (lambda o, v, r, now: _anonymous(v, ""), Reason.INVALID_CUSTOMER_ID),
+    "anonymous_id_control": (lambda o, v, r, now: _with(v, anonymous_id="dev\x07ice"), Reason.INVALID_CUSTOMER_ID),
+    "both_ids_null": (lambda o, v, r, now: _with(v, customer_id=None, anonymous_id=None), Reason.MISSING_FIELD),
     # touchpoints
     "touchpoint_unknown": (lambda o, v, r, now: _with(v, touchpoint=r.choice(("teleport", "Purchase", "add-to-cart",
                                                                             "purchase "))),

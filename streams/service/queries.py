@@ -143,6 +143,8 @@ async def funnel_view(queries: StateQueries, journey: JourneyMap, as_of_ms: int 
     by_stage = {s["stage"]: s for s in gaps["stages"]}
     return {
         "as_of": gaps["as_of"],
+        # anonymous visitors' histories joined to a customer so far (identity stitching)
+        "anonymous_histories_merged": totals.get("identity_merged", 0),
         "stages": [
             {
                 "stage": s,

@@ -165,10 +165,19 @@ def test_the_dashboard_shows_the_workers_live_numbers_in_a_real_browser(worker: 
         ev("eve1", c["eve"], "site_visit", now - 3 * HOUR),
         ev("eve2", c["eve"], "review", now - 30 * MINUTE),
     )
+    # anonymous visitors: ivy never signed up; jo browsed on a laptop, then signed up (one stitched history)
+    ivy, laptop = f"dash-ivy-{w.settings.redis_prefix[-8:]}", f"dash-jo-laptop-{w.settings.redis_prefix[-8:]}"
+    c["jo"] = f"dash-jo-{w.settings.redis_prefix[-8:]}"
+    w.send({"event_id": "ivy1", "anonymous_id": ivy, "touchpoint": "site_visit", "timestamp": now - 20 * MINUTE},
+           key=ivy.encode())
+    w.send({"event_id": "jo1", "anonymous_id": laptop, "touchpoint": "ad_click", "timestamp": now - 2 * HOUR,
+            "channel": "search"}, key=laptop.encode())
+    w.send(ev("jo2", c["jo"], "signup", now - 100 * MINUTE, anonymous_id=laptop))
     w.send(purchase, product_view)  # redelivered: 2 duplicates
     w.send(b"this is not json", key=b"dash-bad")  # 2 dead letters
     w.send(ev("bad1", "dash-bad", "teleport", now))
-    applied, expected_stages = 21, {"awareness": 3, "consideration": 2, "purchase": 1, "retention": 1, "advocacy": 1}
+    applied, expected_stages = 24, {"awareness": 3, "consideration": 3, "purchase": 1, "retention": 1, "advocacy": 1}
+    expected_anonymous = {"awareness": 1, "consideration": 0, "purchase": 0, "retention": 0, "advocacy": 0}
 
     w.wait_drained()
 
@@ -186,6 +195,8 @@ def test_the_dashboard_shows_the_workers_live_numbers_in_a_real_browser(worker: 
     before = wait_for(settled, 60, "ann's stall and ben's drop-off")
     stats = before["stats"]
     assert {s["stage"]: s["customers"] for s in before["funnel"]["stages"]} == expected_stages
+    assert {s["stage"]: s["anonymous_visitors"] for s in before["funnel"]["stages"]} == expected_anonymous
+    assert before["funnel"]["anonymous_histories_merged"] == 1
 
     # 1. The page as the browser renders it after several polls.
     dom = run_chromium(tmp_path / "profile-dom", "--dump-dom", w.base_url + "/").stdout
@@ -212,7 +223,9 @@ def test_the_dashboard_shows_the_workers_live_numbers_in_a_real_browser(worker: 
 
     # the counters are the worker's
     assert int(value("applied")) == stats["applied"] == applied
-    assert int(value("consumed")) == stats["consumed"] == applied + 2 + 2
+    # consumed: the applied events, 2 duplicates, 2 dead letters, and jo's link and merge records
+    assert int(value("consumed")) == stats["consumed"] == applied + 2 + 2 + 2
+    assert stats["identity_records"] == 2
     assert int(value("duplicates")) == stats["duplicates"] == 2
     assert int(value("dead-letters")) == stats["dead_letters"] == 2
     assert text("applied") == f"{applied:,}"
@@ -231,6 +244,8 @@ def test_the_dashboard_shows_the_workers_live_numbers_in_a_real_browser(worker: 
     # the funnel: every stage, with its count and its rates from the gap analysis
     for stage, n in expected_stages.items():
         assert int(value(f"funnel-{stage}")) == n
+        assert int(value(f"funnel-anonymous-{stage}")) == expected_anonymous[stage]
+    assert int(value("funnel-stitched")) == 1
     gap_stages = {s["stage"]: s for s in before["gaps"]["stages"]}
     for stage, g in gap_stages.items():
         assert int(value(f"funnel-reached-{stage}")) == g["reached"]
@@ -259,7 +274,7 @@ def test_the_dashboard_shows_the_workers_live_numbers_in_a_real_browser(worker: 
     table = text("alerts-table")
     assert {"stalled_critical_path", "drop_off"} <= {a["type"] for a in alerts}
     assert all(a["customer"] in table for a in alerts)
-    for raw_id in c.values():
+    for raw_id in [*c.values(), ivy, laptop]:
         assert raw_id not in dom, f"the raw customer id {raw_id} appears on the page"
 
     # value: the touchpoints with attributed value (linear), ann's 40.00 and dev's 25.00 included
