@@ -44,15 +44,16 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_for(check: Callable[[], T | None], timeout: float = 30.0, what: str = "condition") -> T:
-    """Poll until ``check`` returns something truthy; fail with ``what`` after ``timeout``."""
+def wait_for(check: Callable[[], T | None], timeout: float = 30.0, what: str = "condition", *,
+             interval: float = 0.1) -> T:
+    """Poll until ``check`` returns something truthy (every ``interval`` s); fail with ``what`` after ``timeout``."""
     deadline = time.monotonic() + timeout
     last: Any = None
     while time.monotonic() < deadline:
         last = check()
         if last:
             return last
-        time.sleep(0.1)
+        time.sleep(interval)
     pytest.fail(f"timed out after {timeout:.0f}s waiting for {what} (last value: {last!r})")
 
 

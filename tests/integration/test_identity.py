@@ -115,10 +115,30 @@ def test_pre_signup_history_joins_the_right_customer_once_through_crashes(worker
     assert {s["stage"]: s["anonymous_visitors"] for s in funnel["stages"]} == \
         {s: expected_anonymous[s] for s in JOURNEY.stages}
 
+    # The merge latency on a quiet worker: from publishing a linking event to the customer's profile
+    # holding the visitor's history (measured, reported in test-output/identity.json; not asserted).
+    latencies = []
+    for i in range(20):
+        device, cid, now = f"lat-dev-{i}", f"lat-cust-{i}", int(time.time() * 1000)
+        w.send({"event_id": f"lat-{i}-a", "anonymous_id": device, "touchpoint": "site_visit", "timestamp": now},
+               key=device.encode())
+        w.wait_drained()
+        t0 = time.monotonic()
+        w.send({"event_id": f"lat-{i}-b", "customer_id": cid, "anonymous_id": device, "touchpoint": "signup",
+                "timestamp": now + 1})
+        merged = wait_for(lambda c=cid: (got := w.customer(c)) and got["events"] == 2 and got, 30, f"{cid} merged",
+                          interval=0.005)
+        latencies.append(round(1000 * (time.monotonic() - t0), 1))
+        assert merged["touchpoints"] == {"site_visit": 1, "signup": 1}
+    latencies.sort()
+
     _, stats = w.get("/worker/stats")
     (ROOT / "test-output").mkdir(exist_ok=True)
     (ROOT / "test-output" / "identity.json").write_text(json.dumps({
         "records": len(records), "customers": len(people), "linked": len(linked), "never_signed_up": len(never),
         "two_devices": sum(len(c.devices) == 2 for c in linked), "pre_signup_touchpoints": pre_signup,
-        "attached": attached, "worker_kills": 2, "funnel": funnel["stages"], "stats_since_last_start": stats,
+        "attached": attached, "worker_kills": 2,
+        "merge_latency_ms": {"p50": latencies[len(latencies) // 2], "max": latencies[-1], "samples": latencies,
+                             "includes": "the producer's flush, and polling GET /customers every 5 ms"},
+        "funnel": funnel["stages"], "stats_since_last_start": stats,
     }, indent=1))
