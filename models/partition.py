@@ -245,8 +245,13 @@ def process(
     current_due.update({cid: d for d, cid in due})
 
     def touch(state: JourneyState) -> None:
-        """Note a changed customer and re-index their next due time."""
+        """Note a changed customer and re-index their next due time. An anonymous visitor (or marker)
+        already past their TTL at this watermark (late history) is forgotten at once: waiting for the
+        next watermark move would make the outcome depend on where batches end."""
         cid = state.customer_id
+        if cid.startswith(ANONYMOUS_PREFIX) and forgotten_at(state, rules) <= new_clock.watermark_ms:  # type: ignore[operator]
+            _forget(state, states, effect, current_due)
+            return
         effect.customers[cid] = state
         d = next_due(state, rules)
         if current_due.get(cid) != d:

@@ -179,3 +179,26 @@ async def test_a_visitor_who_never_signs_up_is_alerted_on_by_anonymous_id_then_f
     await t.send(0, ev("e3", "site_visit", T0 + 3 * DAY, anon="d9"))  # d1's TTL: 3 days after last seen
     assert await t.store.customer("{a}d1") is None
     assert await t.funnel() == {"a|awareness": 1}  # d9 only
+
+
+async def test_late_anonymous_history_past_the_ttl_comes_out_the_same_whatever_the_batches():
+    # d1's events arrive after the watermark has passed their TTL: in a live stream d1 would have
+    # been tracked and forgotten long ago. Whether the records come one by one or in one batch, the
+    # outcome is the same: nothing of d1 is kept, and each such event counts one visitor forgotten.
+    values = [ev("e1", "site_visit", T0 + 40 * DAY, anon="d9"),
+              ev("e2", "ad_click", T0, anon="d1"), ev("e3", "site_visit", T0 + 1, anon="d1"),
+              ev("e4", "site_visit", T0 + 40 * DAY + 1, anon="d9")]
+    outcomes = []
+    for size in (1, len(values)):
+        store = MemoryStore()
+        handler = BatchHandler(store, ListDeadLetters(), Rules(JOURNEY, anonymous_ttl_ms=30 * DAY),
+                               Limits(max_future_ms=1 << 50))
+        records = [SourceRecord(b"k", v, "touchpoints", 0, i) for i, v in enumerate(values)]
+        for i in range(0, len(records), size):
+            await handler.handle(records[i : i + size], 1 << 50)
+        agg = {k: v for k, v in (await store.aggregates()).items() if v}
+        outcomes.append((agg, await store.customer("{a}d1"), (await store.customer("{a}d9")).events))  # type: ignore[union-attr]
+    assert outcomes[0] == outcomes[1]
+    agg, d1, d9_events = outcomes[0]
+    assert d1 is None and d9_events == 2
+    assert agg["anonymous_forgotten"] == 2 and agg["a|awareness"] == 1
