@@ -137,8 +137,6 @@ class Effect:
     examples: list[propensity.Example] = field(default_factory=list)
     predictions: int = 0  # scoring points scored
     applied_event_ms: list[int] = field(default_factory=list)  # event times of the applied events
-    forwarded: int = 0  # anonymous events sent on to the customer their visitor became
-    merged: int = 0  # visitors' histories folded into customers
 
     def count(self, name: str, n: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + n
@@ -474,6 +472,7 @@ def _forget(state: JourneyState, states: dict[str, JourneyState | None], effect:
     cid = state.customer_id
     if state.merged_into is None:
         effect.count(funnel_counter(cid, state.stage), -1)
+        effect.count("anonymous_forgotten")  # visitors only: a marker can be made again by a republished link
         if state.orders:
             effect.orders[cid] = None
     if state.predictions:
@@ -483,7 +482,6 @@ def _forget(state: JourneyState, states: dict[str, JourneyState | None], effect:
     effect.created.discard(cid)
     current_due[cid] = None
     effect.due[cid] = None
-    effect.count("anonymous_forgotten")
 
 
 def _add_link(state: JourneyState, event: TouchpointEvent, rules: Rules, effect: Effect) -> None:
@@ -509,6 +507,11 @@ def _link(item: Link, states: dict[str, JourneyState | None], erased: Mapping[st
         return None
     state = states.get(profile)
     if state is not None and state.merged_into is not None:
+        # Already merged: the history went with the first link. The linking customer still gets an
+        # answer (no history), so their link is settled, not pending forever; a copy changes nothing.
+        effect.outbox.append(OutboxEntry(item.customer_id,
+                                         identity.merge_message(item.customer_id, item.anonymous_id, item.ts_ms, None),
+                                         IDENTITY, identity.MERGE))
         if not identity.moves_link(state, item.customer_id, item.ts_ms):
             return None  # a copy of a link already made, or an older one: the latest link stands
         state.merged_into, state.merged_ms = item.customer_id, item.ts_ms  # the device changed hands
@@ -537,7 +540,6 @@ def _merge(item: Merge, rules: Rules, states: dict[str, JourneyState | None], ef
     if customer is None or customer.anonymous_ids.get(item.anonymous_id, True):
         return None  # erased since, or already merged (a second copy of the message)
     customer.anonymous_ids[item.anonymous_id] = True
-    effect.merged += 1
     effect.count("identity_merged")
     if item.visitor is not None:
         stage_before = customer.stage
@@ -561,7 +563,6 @@ def _forward(event: TouchpointEvent, marker: JourneyState, effect: Effect, erase
                                      IDENTITY, "forward"))
     marker.last_seen_ms = max(marker.last_seen_ms, event.ts_ms)
     effect.customers[marker.customer_id] = marker
-    effect.forwarded += 1
     return Outcome.FORWARDED
 
 

@@ -84,7 +84,8 @@ async def test_the_visitors_history_joins_the_customer_once_and_the_funnel_count
     await t.send(1, ev("e4", "signup", T0 + 300_000, cid="c1", anon="d1"))
     assert await t.funnel() == {"a|consideration": 1, "f|consideration": 1}  # until the merge arrives
     assert await t.deliver(copies=2) == 1  # the link (twice: the second copy must change nothing)
-    assert await t.deliver(copies=2) == 1  # the merge (twice)
+    # the merge with the history, and the answer to the link's second copy (no history); each twice
+    assert await t.deliver(copies=2) == 2
     assert t.in_flight == []
 
     c1 = await t.store.customer("c1")
@@ -142,6 +143,7 @@ async def test_a_shared_device_follows_the_latest_login_and_history_stays_with_t
     assert c1 is not None and c2 is not None
     assert (c1.events, c2.events) == (2, 2)  # c1: visit + signup; c2: signup + the later product view
     assert c2.touchpoints == {"signup": 1, "product_view": 1}
+    assert c1.anonymous_ids == c2.anonymous_ids == {"d1": True}  # both links settled, the history went to c1
 
 
 async def test_the_cap_refuses_links_beyond_it():
@@ -202,3 +204,22 @@ async def test_late_anonymous_history_past_the_ttl_comes_out_the_same_whatever_t
     agg, d1, d9_events = outcomes[0]
     assert d1 is None and d9_events == 2
     assert agg["anonymous_forgotten"] == 2 and agg["a|awareness"] == 1
+
+
+async def test_a_republished_link_for_a_marker_past_its_ttl_changes_no_figure():
+    # After a crash an outbox is published again: a copy of a link whose marker has aged out makes
+    # the marker again and forgets it at once. States and aggregates must be as after one copy.
+    t = TwoPartitions(anonymous_ttl_ms=3 * DAY, allowed_lateness_ms=0)
+    await t.send(0, ev("e1", "site_visit", T0, anon="d1"))
+    await t.send(1, ev("e2", "signup", T0 + 1000, cid="c1", anon="d1"))
+    await t.send(0, ev("e3", "site_visit", T0 + 10 * DAY, anon="d9"))  # the visitor's partition moves on
+    link = t.in_flight[0]
+    await t.deliver()  # the link: the visitor aged out already (a backfill), and the marker is past its TTL too
+    await t.deliver()  # the merge
+    once = (await t.store.aggregates(), await t.store.customer("c1"), await t.store.customer("{a}d1"))
+    t.in_flight = [link]
+    await t.deliver()  # the republished copy
+    await t.deliver()
+    assert (await t.store.aggregates(), await t.store.customer("c1"), await t.store.customer("{a}d1")) == once
+    assert once[2] is None and once[1] is not None and once[1].events == 1  # nothing left to merge
+    assert once[0]["anonymous_forgotten"] == 1  # d1, once; the markers are not counted
