@@ -36,7 +36,8 @@ from streams.state.connect import connect
 from streams.state.model_store import RedisModelStore
 from tests.integration.conftest import ROOT, WorkerProcess, wait_for
 
-WORKER_KILLS = int(os.environ.get("CHAOS_WORKER_KILLS", "5"))  # e.g. 20 for a longer run by hand
+# e.g. 20 for a longer run by hand (with --timeout=1400: it takes about 6 minutes)
+WORKER_KILLS = int(os.environ.get("CHAOS_WORKER_KILLS", "5"))
 CUSTOMERS = 1_000 * WORKER_KILLS  # about 5 records each: enough backlog for every disruption
 SETTINGS = {
     "JOURNEY_BATCH_SIZE": "100",
