@@ -15,7 +15,9 @@ idempotent where it lands:
    then marked merged, and a second copy of the message changes nothing.
 
 An anonymous event that reaches a marker (late, or a device still sending the old id) is
-forwarded to the customer as an event with both ids; its event id dedupes it there.
+forwarded to the customer as an event with both ids; its event id dedupes it there. A link that
+reaches a marker (another customer on the same device, or a copy) is answered with a merge
+without history, so every customer's link is settled.
 
 Rules where the issue left a choice (documented in the README):
 
