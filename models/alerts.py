@@ -8,7 +8,7 @@ from enum import StrEnum
 from typing import Any
 
 from models.durations import format_duration, iso
-from models.events import ANONYMOUS_PREFIX, is_anonymous
+from models.events import external_id, is_anonymous
 
 
 class AlertType(StrEnum):
@@ -115,7 +115,7 @@ def render(facts: AlertFacts, *, extra: dict[str, Any] | None = None) -> dict[st
         "reason": reason(facts),
     }
     if is_anonymous(facts.customer_id):  # an anonymous visitor: named by their anonymous id
-        anonymous_id = facts.customer_id.removeprefix(ANONYMOUS_PREFIX)
+        anonymous_id = external_id(facts.customer_id)
         body["customer_id"], body["anonymous_id"] = None, anonymous_id
         body["reason"] = body["reason"].replace(facts.customer_id, f"anonymous visitor {anonymous_id}")
     if facts.type is AlertType.UPSELL_OPPORTUNITY:

@@ -90,6 +90,18 @@ def anonymous_profile(anonymous_id: str) -> str:
     return ANONYMOUS_PREFIX + anonymous_id
 
 
+def external_id(profile: str) -> str:
+    """The id the outside world knows a profile by: the customer id, or the visitor's anonymous id
+    (what messages about them are keyed by).
+
+    Examples
+    --------
+    >>> external_id("{a}dev-7"), external_id("c-1")
+    ('dev-7', 'c-1')
+    """
+    return profile.removeprefix(ANONYMOUS_PREFIX)
+
+
 def is_anonymous(profile: str) -> bool:
     """True for an anonymous visitor's profile name."""
     return profile.startswith(ANONYMOUS_PREFIX)

@@ -25,7 +25,7 @@ from models import deadlines, gaps, identity, propensity
 from models.alerts import AlertFacts, AlertStatus, AlertType, render
 from models.clv import ClvModel, OrderSummary
 from models.durations import DAY_MS
-from models.events import ANONYMOUS_PREFIX, TouchpointEvent, anonymous_profile, encode_event, is_anonymous
+from models.events import ANONYMOUS_PREFIX, TouchpointEvent, anonymous_profile, encode_event, external_id, is_anonymous
 from models.journey import JourneyState, Outcome, PendingPrediction, StateLimits, apply_event
 from models.journey_map import JourneyMap
 from models.value import attribution_increments, customer_value, drop_off_increments
@@ -169,11 +169,6 @@ def funnel_counter(profile: str, stage: str) -> str:
     return f"{'a' if is_anonymous(profile) else 'f'}|{stage}"
 
 
-def message_key(profile: str) -> str:
-    """The key of a message about a profile: the customer id, or the visitor's anonymous id."""
-    return profile.removeprefix(ANONYMOUS_PREFIX)
-
-
 def order_summary(state: JourneyState) -> OrderSummary | None:
     """What the CLV fit needs of a customer (None before their first order)."""
     if not state.orders or state.first_order_ms is None:
@@ -263,7 +258,7 @@ def process(
                                horizon_days=rules.clv_horizon_days, margin=rules.clv_margin,
                                annual_discount_rate=rules.clv_discount_rate)
         body = orjson.dumps(render(facts, extra={"clv": value}))
-        effect.outbox.append(OutboxEntry(message_key(facts.customer_id), body, facts.type.value, facts.status.value))
+        effect.outbox.append(OutboxEntry(external_id(facts.customer_id), body, facts.type.value, facts.status.value))
         if facts.type is AlertType.DROP_OFF and facts.status is AlertStatus.OPEN:
             due_ms = facts.anchor_ms + facts.expected_ms
             add_gap(due_ms // 86_400_000, f"d|{facts.stage}")
@@ -463,7 +458,7 @@ def _erase(item: Erase, states: dict[str, JourneyState | None], effect: Effect,
         current_due[cid] = None
         effect.due[cid] = None
     # Alerts about them that are still waiting are published before this, then forgotten downstream.
-    effect.outbox.append(OutboxEntry(message_key(cid), None, "tombstone", "erased"))
+    effect.outbox.append(OutboxEntry(external_id(cid), None, "tombstone", "erased"))
 
 
 def _forget(state: JourneyState, states: dict[str, JourneyState | None], effect: Effect,

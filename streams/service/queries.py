@@ -13,7 +13,7 @@ from typing import Any
 
 from models.alerts import AlertFacts, AlertStatus, AlertType, alert_id
 from models.durations import DAY_MS, iso
-from models.events import ANONYMOUS_PREFIX, anonymous_profile, customer_id_problem, is_anonymous
+from models.events import anonymous_profile, customer_id_problem, external_id, is_anonymous
 from models.gaps import gap_report
 from models.journey import JourneyState, OpenAlert
 from models.journey_map import JourneyMap
@@ -29,7 +29,7 @@ def journey_body(state: JourneyState) -> dict[str, Any]:
     anonymous = is_anonymous(state.customer_id)
     return {
         "customer_id": None if anonymous else state.customer_id,
-        **({"anonymous_id": state.customer_id.removeprefix(ANONYMOUS_PREFIX)} if anonymous else
+        **({"anonymous_id": external_id(state.customer_id)} if anonymous else
            {"anonymous_ids": sorted(state.anonymous_ids)}),
         "stage": state.stage,
         "stage_since": iso(state.stage_since_ms),
@@ -91,7 +91,7 @@ async def customer_view(
         return None
     if state.merged_into is not None:
         assert state.merged_ms is not None
-        return {"customer_id": None, "anonymous_id": customer_id.removeprefix(ANONYMOUS_PREFIX),
+        return {"customer_id": None, "anonymous_id": external_id(customer_id),
                 "merged_into": state.merged_into, "merged_at": iso(state.merged_ms)}
     if as_of_ms is None:
         as_of_ms = await customer_as_of(queries, customer_id) or state.last_seen_ms
