@@ -53,8 +53,11 @@ class Reason(StrEnum):
     TOO_LATE = "too_late"
     CURRENCY_MISMATCH = "currency_mismatch"
     VALUE_OUT_OF_RANGE = "value_out_of_range"
+    SCORE_OUT_OF_RANGE = "score_out_of_range"
     ERASED_CUSTOMER = "erased_customer"
     INTERNAL_ERROR = "internal_error"
+    # marketing spend (models/spend.py): the key is not the message's own `<channel>|<day>`
+    INVALID_KEY = "invalid_key"
 
 
 @dataclass(frozen=True, slots=True)

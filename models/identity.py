@@ -84,6 +84,7 @@ def history(state: JourneyState | None) -> dict[str, Any] | None:
         "first_order_cents": state.first_order_cents, "last_order_ms": state.last_order_ms,
         "value_days": [[d, c, state.order_days.get(d, 0)] for d, c in state.value_days.items()],
         "seen": list(state.seen.items()), "upsells": state.upsells,
+        "second_order_ms": state.second_order_ms, "active_weeks": state.active_weeks,
     }
 
 
@@ -103,6 +104,7 @@ def from_history(doc: dict[str, Any], profile: str) -> JourneyState:
     s.order_days = {d: n for d, _, n in doc["value_days"] if n}
     s.seen = {d: t for d, t in doc["seen"]}
     s.upsells = list(doc["upsells"])
+    s.second_order_ms, s.active_weeks = doc.get("second_order_ms"), doc.get("active_weeks", 0)
     return s
 
 
@@ -148,6 +150,10 @@ def fold(customer: JourneyState, visitor: JourneyState, journey: JourneyMap, lim
     customer.orders += visitor.orders
     customer.gross_cents += visitor.gross_cents
     customer.refunded_cents += visitor.refunded_cents
+    # the second order of the two together: the second earliest of both first two orders
+    times = sorted(t for t in (customer.first_order_ms, customer.second_order_ms, visitor.first_order_ms,
+                               visitor.second_order_ms) if t is not None)
+    customer.second_order_ms = times[1] if len(times) > 1 else None
     if visitor.first_order_ms is not None and (
         customer.first_order_ms is None
         or (visitor.first_order_ms, visitor.first_order_cents or 0)

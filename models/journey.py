@@ -62,6 +62,22 @@ class PendingPrediction:
 
 
 @dataclass(slots=True)
+class Exposure:
+    """An alert whose effect is measured (models/uplift.py): what the customer does in the window after it.
+
+    ``at_ms``: when the alert opened (its event time); ``rank``: the rank of the customer's stage then;
+    ``converted``: they reached a later stage within the window; ``revenue_cents``: net order value in it.
+    """
+
+    type: str
+    at_ms: int
+    holdout: bool
+    rank: int
+    converted: bool = False
+    revenue_cents: int = 0
+
+
+@dataclass(slots=True)
 class JourneyState:
     """Everything kept about one customer (times are event time, epoch ms; money in cents)."""
 
@@ -106,6 +122,12 @@ class JourneyState:
     anonymous_ids: dict[str, bool] = field(default_factory=dict)
     merged_into: str | None = None
     merged_ms: int | None = None
+    # KPIs (models/kpis.py): the second order's time (repeat purchase), the weeks with activity
+    # since the first-seen week (bit k: week k, k <= 12; retention cohorts), and the alerts whose
+    # effect is being measured (models/uplift.py)
+    second_order_ms: int | None = None
+    active_weeks: int = 0
+    exposures: list[Exposure] = field(default_factory=list)
 
     @property
     def revenue_cents(self) -> int:
@@ -144,7 +166,8 @@ def event_digest(event_id: str) -> int:
 def new_state(event: TouchpointEvent, journey: JourneyMap) -> JourneyState:
     """The state of a customer never seen before, as it is before their first event is applied."""
     ts = event.ts_ms
-    return JourneyState(event.customer_id, journey.stage_of(event.touchpoint), ts, ts, ts)
+    # a survey moves no one: a customer whose first event is a survey answer starts in the first stage
+    return JourneyState(event.customer_id, journey.stage_of(event.touchpoint) or journey.stages[0], ts, ts, ts)
 
 
 def apply_event(
@@ -250,7 +273,11 @@ def _add_value(state: JourneyState, role: str, ts: int, cents: int, days_kept: i
         state.gross_cents += cents
         # earliest order first; ties to the smaller amount, so arrival order does not matter
         if state.first_order_ms is None or (ts, cents) < (state.first_order_ms, state.first_order_cents or 0):
+            if state.first_order_ms is not None:  # the old first order is now the second
+                state.second_order_ms = min(state.first_order_ms, state.second_order_ms or state.first_order_ms)
             state.first_order_ms, state.first_order_cents = ts, cents
+        elif state.second_order_ms is None or ts < state.second_order_ms:
+            state.second_order_ms = ts
         if state.last_order_ms is None or ts > state.last_order_ms:
             state.last_order_ms = ts
     else:

@@ -16,6 +16,8 @@ Path = tuple[str | int, ...]
 NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 SEVERITIES = ("low", "medium", "high", "critical")
 VALUE_ROLES = ("order", "refund")
+#: Survey touchpoints: ``nps`` (``properties.score`` 0-10) and ``csat`` (1-5). They have no stage.
+SURVEY_KINDS = {"nps": (0, 10), "csat": (1, 5)}
 DEFAULT_STALL_Z = 2.0
 
 
@@ -83,6 +85,8 @@ class JourneyMap:
     flow: PertNetwork | None = None
     stall_z: float = DEFAULT_STALL_Z
     propensity: PropensitySpec = field(default_factory=PropensitySpec)
+    # touchpoint -> "nps" or "csat": a survey answer (its stage is "": it never moves the customer's stage)
+    surveys: Mapping[str, str] = field(default_factory=dict)
     _rank: Mapping[str, int] = field(init=False, repr=False, compare=False)
     critical_path: tuple[str, ...] = field(init=False, compare=False)
     critical_index: Mapping[str, int] = field(init=False, repr=False, compare=False)
@@ -114,7 +118,15 @@ class JourneyMap:
         )
 
     def stage_of(self, touchpoint: str) -> str:
+        """The touchpoint's stage ("" for a survey, which moves no one)."""
         return self.touchpoints[touchpoint]
+
+    @property
+    def order_rank(self) -> int:
+        """Rank of the first stage with an order touchpoint (the purchase stage); stages after it are
+        post-purchase (a drop-off there is churn). Without order touchpoints: past the last stage."""
+        ranks = [self.rank_of(self.touchpoints[tp]) for tp, role in self.value_roles.items() if role == "order"]
+        return min([r for r in ranks if r >= 0], default=len(self.stages))
 
     def rank(self, stage: str) -> int:
         """Position of a stage in the journey, 0 for the first."""
@@ -188,6 +200,7 @@ def parse_journey_map(doc: object) -> JourneyMap:
     tps_doc = doc.get("touchpoints")
     touchpoints: dict[str, str] = {}
     value_roles: dict[str, str] = {}
+    surveys: dict[str, str] = {}
     if not isinstance(tps_doc, Mapping) or not tps_doc:
         problems.append((("touchpoints",), "must be a non-empty mapping of touchpoint name to {stage: ...}"))
     else:
@@ -196,12 +209,23 @@ def parse_journey_map(doc: object) -> JourneyMap:
             if not isinstance(name, str) or not NAME.match(name):
                 problems.append((path, f"{name!r} is not a valid name (letters, digits, _ . -)"))
                 continue
+            if isinstance(spec, Mapping) and "survey" in spec:
+                kind = spec["survey"]
+                for key in spec:
+                    if key != "survey":
+                        problems.append(((*path, str(key)), "a survey has no stage or value (only survey: nps|csat)"))
+                if kind not in SURVEY_KINDS:
+                    problems.append(((*path, "survey"), f"must be one of {', '.join(SURVEY_KINDS)}, got {kind!r}"))
+                    continue
+                surveys[str(name)] = kind
+                touchpoints[str(name)] = ""
+                continue
             if not isinstance(spec, Mapping) or "stage" not in spec:
-                problems.append((path, "must be a mapping with a 'stage'"))
+                problems.append((path, "must be a mapping with a 'stage' (or a 'survey')"))
                 continue
             for key in spec:
                 if key not in ("stage", "value"):
-                    problems.append(((*path, str(key)), "unknown entry (expected stage, value)"))
+                    problems.append(((*path, str(key)), "unknown entry (expected stage, value; or survey)"))
             role = spec.get("value")
             if role is not None:
                 if role not in VALUE_ROLES:
@@ -217,9 +241,13 @@ def parse_journey_map(doc: object) -> JourneyMap:
     flow = _parse_flow(doc.get("flow"), touchpoints, problems)
     stall_z = _parse_alerts(doc.get("alerts"), problems)
     propensity = _parse_propensity(doc.get("propensity"), touchpoints, problems)
+    for i, a in enumerate(flow.activities if flow else ()):
+        for end in (a.source, a.target):
+            if end in surveys:
+                problems.append((("flow", i), f"{end!r} is a survey: surveys are not steps of the flow"))
     if problems:
         raise MapError(problems)
-    return JourneyMap(tuple(stages), touchpoints, silence, value_roles, severity, flow, stall_z, propensity)
+    return JourneyMap(tuple(stages), touchpoints, silence, value_roles, severity, flow, stall_z, propensity, surveys)
 
 
 def _duration(value: object, path: Path, problems: list[tuple[Path, str]]) -> float | None:

@@ -21,14 +21,14 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from models import deadlines, gaps, identity, propensity
+from models import deadlines, gaps, identity, kpis, propensity, uplift
 from models.alerts import AlertFacts, AlertStatus, AlertType, render
 from models.clv import ClvModel, OrderSummary
 from models.durations import DAY_MS
 from models.events import ANONYMOUS_PREFIX, TouchpointEvent, anonymous_profile, encode_event, external_id, is_anonymous
-from models.journey import JourneyState, Outcome, PendingPrediction, StateLimits, apply_event
+from models.journey import JourneyState, Outcome, PendingPrediction, StateLimits, apply_event, to_cents
 from models.journey_map import JourneyMap
-from models.value import attribution_increments, customer_value, drop_off_increments
+from models.value import attribution_increments, customer_value, drop_off_increments, public_channel
 from models.watermark import Clock
 
 #: A scorer: features -> (probability of an upsell, predicted class, model version).
@@ -54,6 +54,9 @@ class Rules:
     upsell_alert_min_examples: int = 500
     anonymous_ttl_ms: int = 30 * DAY_MS  # an anonymous visitor (or merged marker) not seen this long is forgotten
     max_anonymous_ids: int = 20  # per customer; a link beyond it is refused
+    holdout_shares: Mapping[str, float] = field(default_factory=dict)  # alert type -> share held out
+    holdout_key: bytes = b"journey-tracker holdout v1"  # keys the holdout hash (change it: new groups)
+    uplift_window_ms: int = 14 * DAY_MS  # what an alerted customer does within this long after it is measured
 
     @property
     def feature_touchpoints(self) -> tuple[str, ...]:
@@ -151,6 +154,9 @@ def next_due(state: JourneyState, rules: Rules) -> int | None:
         a = b
     elif b is not None:
         a = min(a, b)
+    if state.exposures:
+        c = uplift.next_settle(state, rules.uplift_window_ms)
+        a = c if a is None else min(a, c)  # type: ignore[type-var]
     if state.customer_id.startswith(ANONYMOUS_PREFIX):
         c = forgotten_at(state, rules)
         a = c if a is None else min(a, c)  # type: ignore[type-var]
@@ -257,22 +263,52 @@ def process(
         value = customer_value(state, clv, as_of_ms=facts.at_ms, windows=rules.clv_windows,
                                horizon_days=rules.clv_horizon_days, margin=rules.clv_margin,
                                annual_discount_rate=rules.clv_discount_rate)
-        body = orjson.dumps(render(facts, extra={"clv": value}))
-        effect.outbox.append(OutboxEntry(external_id(facts.customer_id), body, facts.type.value, facts.status.value))
-        if facts.type is AlertType.DROP_OFF and facts.status is AlertStatus.OPEN:
-            due_ms = facts.anchor_ms + facts.expected_ms
-            add_gap(due_ms // 86_400_000, f"d|{facts.stage}")
+        kind = facts.type.value
+        holdout = uplift.held_out(kind, facts.customer_id, rules.holdout_shares.get(kind, 0.0), rules.holdout_key)
+        body = orjson.dumps(render(facts, extra={"clv": value, "holdout": holdout}))
+        effect.outbox.append(OutboxEntry(external_id(facts.customer_id), body, kind, facts.status.value))
+        opened = facts.status is AlertStatus.OPEN
+        # when the alert happened, in event time: its due time (an upsell: its scoring point)
+        at_ms = facts.at_ms if facts.type is AlertType.UPSELL_OPPORTUNITY or not opened else \
+            facts.anchor_ms + facts.expected_ms
+        measured = opened and not is_anonymous(facts.customer_id)
+        if measured and not uplift.expose(state, kind, at_ms, holdout, journey.rank_of(state.stage)):
+            effect.count("uplift_unmeasured")
+        if facts.type is AlertType.DROP_OFF:
+            add_kpis(kpis.churn_increments(facts.customer_id, facts.stage, journey, opened=opened, at_ms=at_ms))
+        if facts.type is AlertType.DROP_OFF and opened:
+            add_gap(at_ms // 86_400_000, f"d|{facts.stage}", state)
             for name, n in drop_off_increments(facts.stage, state.revenue_cents).items():
-                effect.count(name, n)
+                add_value(name, n, state)
+
+    def add_kpis(increments: Sequence[kpis.Increment] | Mapping[tuple[int | None, str], int]) -> None:
+        """KPI counters: all-time, and on their event-time day (when they have one)."""
+        items = increments.items() if isinstance(increments, Mapping) else (((d, f), n) for d, f, n in increments)
+        for (day, name), n in items:
+            effect.count(name, n)
+            if day is not None:
+                counts = effect.gaps.setdefault(day, {})
+                counts[name] = counts.get(name, 0) + n
+
+    def add_value(name: str, n: int, state: JourneyState) -> None:
+        """A value total, overall and for the customer's acquisition channel and cohort (week first seen)."""
+        effect.count(name, n)
+        for segment in segments(state):
+            effect.count(f"{segment}|{name}", n)
+
+    def segments(state: JourneyState) -> tuple[str, str]:
+        return (f"ch:{public_channel(state.channel, rules.channels)}", f"co:{kpis.week_of(state.first_seen_ms)}")
 
     def settled(examples: list[propensity.Example]) -> None:
         if examples:
             effect.examples += examples
             effect.count("predictions_pending", -len(examples))
 
-    def add_gap(day: int, name: str) -> None:
+    def add_gap(day: int, name: str, state: JourneyState) -> None:
+        """A gap counter, overall and for the customer's acquisition channel and cohort."""
         counts = effect.gaps.setdefault(day, {})
-        counts[name] = counts.get(name, 0) + 1
+        for field_ in (name, *(f"{segment}|{name}" for segment in segments(state))):
+            counts[field_] = counts.get(field_, 0) + 1
 
     def fire_until(watermark: int, limit: int) -> None:
         """Fire everything due at or before ``limit`` at this watermark, in due order (ties by customer)."""
@@ -288,6 +324,8 @@ def process(
             for facts in deadlines.fire_due(state, journey, watermark):
                 alert(facts, state)
             settled(propensity.settle(state, watermark, horizon))
+            if state.exposures:
+                add_kpis(uplift.settle(state, watermark, rules.uplift_window_ms))
             expiry = forgotten_at(state, rules)
             if expiry is not None and expiry <= watermark:
                 _forget(state, states, effect, current_due)
@@ -313,7 +351,7 @@ def process(
                 break
             continue
         if isinstance(item, Erase):
-            _erase(item, states, effect, current_due)
+            _erase(item, rules, states, effect, current_due, add_kpis)
             erased_now[item.customer_id] = effect.erased[item.customer_id]
             effect.outcomes.append(None)
             continue
@@ -325,7 +363,7 @@ def process(
             continue
         if isinstance(item, Merge):
             effect.outcomes.append(None)
-            customer = _merge(item, rules, states, effect)
+            customer = _merge(item, rules, states, effect, add_kpis)
             if customer is not None:
                 touch(customer)
             continue
@@ -340,7 +378,7 @@ def process(
             if outcome is Outcome.FORWARDED:
                 touch(marker)
         else:
-            outcome = _apply(event, rules, states, erased_now, effect, alert, add_gap,
+            outcome = _apply(event, rules, states, erased_now, effect, alert, add_gap, add_kpis, add_value,
                              watermark_ms=new_wm if raised else new_clock.watermark_ms)
         effect.outcomes.append(outcome)
         if outcome is Outcome.APPLIED:
@@ -369,7 +407,9 @@ def _apply(
     erased: dict[str, int],
     effect: Effect,
     alert: Callable[[AlertFacts, JourneyState], None],
-    add_gap: Callable[[int, str], None],
+    add_gap: Callable[[int, str, JourneyState], None],
+    add_kpis: Callable[[Mapping[tuple[int | None, str], int]], None],
+    add_value: Callable[[str, int, JourneyState], None],
     *,
     watermark_ms: int,
 ) -> Outcome:
@@ -382,10 +422,26 @@ def _apply(
     before = states.get(cid)
     rank_before = journey.rank_of(before.stage) if before is not None else -1
     stage_before = before.stage if before is not None else None
+    first_seen_before = before.first_seen_ms if before is not None else None
+    standing_before = kpis.standing(before, rules.channels)
     state, outcome = apply_event(before, event, journey, rules.limits)
     if outcome is not Outcome.APPLIED:
         return outcome
     states[cid] = state
+    kpis.mark_active(state, ts, first_seen_before)
+    role = journey.value_roles.get(event.touchpoint)
+    cents = to_cents(event.value or 0.0) if role is not None else 0
+    if state.exposures:
+        uplift.observe(state, ts, journey.rank_of(journey.stage_of(event.touchpoint)),
+                       -cents if role == "refund" else cents, rules.uplift_window_ms)
+    add_kpis(kpis.difference(standing_before, kpis.standing(state, rules.channels)))
+    survey = journey.surveys.get(event.touchpoint)
+    if survey is not None and not is_anonymous(cid):
+        score = int((event.properties or {})["score"])
+        channel = public_channel(state.channel, rules.channels)
+        for name, n in kpis.survey_increments(survey, score, state.stage, channel):
+            counts = effect.gaps.setdefault(ts // DAY_MS, {})
+            counts[name] = counts.get(name, 0) + n
     effect.applied_event_ms.append(ts)
     if before is None:
         effect.created.add(cid)
@@ -394,16 +450,16 @@ def _apply(
             effect.count(funnel_counter(cid, stage_before), -1)
         effect.count(funnel_counter(cid, state.stage))
     for day, name in gaps.event_increments(state, event.touchpoint, ts, journey, rank_before=rank_before):
-        add_gap(day, name)
-    if journey.value_roles.get(event.touchpoint) == "order":
+        add_gap(day, name, state)
+    if role == "order":
         effect.orders[cid] = order_summary(state)
-        touches = [t for t in state.path if t[1] not in journey.value_roles]
+        touches = [t for t in state.path if t[1] not in journey.value_roles and t[1] not in journey.surveys]
         incs = attribution_increments(
-            touches, ts, round((event.value or 0.0) * 100), lookback_ms=rules.attribution_lookback_ms,
+            touches, ts, cents, lookback_ms=rules.attribution_lookback_ms,
             half_life_ms=rules.attribution_half_life_ms, stage_of=journey.touchpoints, channels=rules.channels,
         )
         for name, n in incs.items():
-            effect.count(name, n)
+            add_value(name, n, state)
     for facts in deadlines.after_event(state, event.touchpoint, ts, journey, watermark_ms=watermark_ms,
                                        late_grace_ms=rules.late_grace_ms):
         alert(facts, state)
@@ -436,11 +492,18 @@ def _score(
                          "medium", proba, version), state)
 
 
-def _erase(item: Erase, states: dict[str, JourneyState | None], effect: Effect,
-           current_due: dict[str, int | None]) -> None:
+def _erase(item: Erase, rules: Rules, states: dict[str, JourneyState | None], effect: Effect,
+           current_due: dict[str, int | None],
+           add_kpis: Callable[[Mapping[tuple[int | None, str], int]], None]) -> None:
     cid = item.customer_id
     state = states.get(cid)
     if state is not None:
+        # out of the KPIs: their standing, and a churn still open (closed ones are history: counts only)
+        add_kpis(kpis.difference(kpis.standing(state, rules.channels), []))
+        if state.drop_open is not None:
+            a = state.drop_open
+            add_kpis({(d, f): -n for d, f, n in kpis.churn_increments(cid, a.stage, rules.journey, opened=True,
+                                                                       at_ms=a.anchor_ms + a.expected_ms)})
         if state.merged_into is None:
             effect.count(funnel_counter(cid, state.stage), -1)
         if state.predictions:
@@ -529,7 +592,8 @@ def _link(item: Link, states: dict[str, JourneyState | None], erased: Mapping[st
     return state
 
 
-def _merge(item: Merge, rules: Rules, states: dict[str, JourneyState | None], effect: Effect) -> JourneyState | None:
+def _merge(item: Merge, rules: Rules, states: dict[str, JourneyState | None], effect: Effect,
+           add_kpis: Callable[[Mapping[tuple[int | None, str], int]], None]) -> JourneyState | None:
     """In the customer's partition: fold the visitor's history in, once."""
     customer = states.get(item.customer_id)
     if customer is None or customer.anonymous_ids.get(item.anonymous_id, True):
@@ -538,7 +602,11 @@ def _merge(item: Merge, rules: Rules, states: dict[str, JourneyState | None], ef
     effect.count("identity_merged")
     if item.visitor is not None:
         stage_before = customer.stage
+        standing_before = kpis.standing(customer, rules.channels)
+        first_seen_before = customer.first_seen_ms
         identity.fold(customer, item.visitor, rules.journey, rules.limits)
+        kpis.merge_activity(customer, item.visitor, first_seen_before)
+        add_kpis(kpis.difference(standing_before, kpis.standing(customer, rules.channels)))
         if customer.stage != stage_before:
             effect.count(funnel_counter(item.customer_id, stage_before), -1)
             effect.count(funnel_counter(item.customer_id, customer.stage))

@@ -53,6 +53,8 @@ class Settings(BaseSettings):
     dlq_topic: str = "touchpoints-dlq"
     alerts_topic: str = "journey-alerts"
     erasure_topic: str = "journey-erasures"
+    # marketing spend per channel and day (models/spend.py), the input of acquisition cost
+    spend_topic: str = "marketing-spend"
     topic_partitions: int = Field(default=4, ge=1)
     redis_prefix: str = "jt:v2"
 
@@ -83,6 +85,13 @@ class Settings(BaseSettings):
     # Anonymous visitors (identity stitching, models/identity.py)
     anonymous_ttl: float = 30 * 86400.0  # a visitor not seen this long (event time) is forgotten
     max_anonymous_ids: int = Field(default=20, ge=1)  # per customer; links beyond it are refused
+
+    # Measuring what alerts are worth (models/uplift.py): per alert type, the share of customers held
+    # out (their alerts say "holdout": true), the salt of the hash that picks them (change it for new
+    # groups), and how long after an alert (event time) conversion and revenue are counted.
+    holdout: str = "drop_off=0.1,stalled_critical_path=0.1,upsell_opportunity=0.1"
+    holdout_salt: str = "v1"
+    uplift_window: float = 14 * 86400.0
 
     # Customer value
     currency: str = "EUR"
@@ -133,6 +142,7 @@ class Settings(BaseSettings):
         "late_alert_grace",
         "session_timeout",
         "anonymous_ttl",
+        "uplift_window",
         mode="before",
     )
     @classmethod
@@ -172,6 +182,27 @@ class Settings(BaseSettings):
         if not value or "{" in value or "}" in value:
             raise ValueError("must be non-empty and without { or } (it is part of Redis Cluster hash tags)")
         return value
+
+    @field_validator("holdout")
+    @classmethod
+    def _holdout(cls, value: str) -> str:
+        known = ("drop_off", "stalled_critical_path", "upsell_opportunity")
+        for part in filter(None, (p.strip() for p in value.split(","))):
+            kind, _, share = part.partition("=")
+            if kind.strip() not in known:
+                raise ValueError(f"{part!r}: unknown alert type {kind.strip()!r} (one of: {', '.join(known)})")
+            try:
+                if not 0.0 <= float(share) <= 1.0:
+                    raise ValueError
+            except ValueError:
+                raise ValueError(f"{part!r}: expected TYPE=SHARE with a share from 0 to 1, e.g. drop_off=0.1") from None
+        return value
+
+    @property
+    def holdout_shares(self) -> dict[str, float]:
+        """Alert type -> share of customers held out."""
+        pairs = (p.split("=") for p in self.holdout.split(",") if p.strip())
+        return {kind.strip(): float(share) for kind, share in pairs}
 
     @field_validator("clv_windows")
     @classmethod

@@ -21,6 +21,7 @@ import orjson
 
 from models.events import Invalid, decode_event
 from models.journey_map import JourneyMap
+from models.kpis import check_survey
 from models.value import check_money
 
 #: CSV columns that are numbers in the JSON the worker reads (the rest stay strings; empty cells are left out).
@@ -120,7 +121,10 @@ def check(line: Line, journey: JourneyMap, *, now_ms: int, currency: str, rates:
         return event
     checked = check_money(event, journey.value_roles.get(event.touchpoint), currency=currency, rates=rates,
                           max_value=max_value)
-    return checked if isinstance(checked, Invalid) else None
+    if isinstance(checked, Invalid):
+        return checked
+    surveyed = check_survey(checked, journey.surveys.get(event.touchpoint))
+    return surveyed if isinstance(surveyed, Invalid) else None
 
 
 def publish(lines: Iterator[Line], *, bootstrap_servers: list[str], topic: str, rate: float,

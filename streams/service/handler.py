@@ -32,6 +32,7 @@ from models import identity
 from models.clv import ClvModel
 from models.events import Invalid, Reason, TouchpointEvent, anonymous_profile, decode_event
 from models.journey import JourneyState, Outcome
+from models.kpis import check_survey
 from models.partition import Effect, Erase, Input, Link, Merge, Rules, Scorer, Tick, process
 from models.value import check_money
 from models.watermark import Clock
@@ -142,8 +143,9 @@ def decode(record: SourceRecord, rules: Rules, limits: Limits, now_ms: int) -> I
                          min_event_ms=limits.min_event_ms)
     if isinstance(event, Invalid):
         return event
-    return check_money(event, journey.value_roles.get(event.touchpoint), currency=limits.currency,
-                       rates=limits.rates, max_value=limits.max_value)
+    event = check_money(event, journey.value_roles.get(event.touchpoint), currency=limits.currency,
+                        rates=limits.rates, max_value=limits.max_value)
+    return event if isinstance(event, Invalid) else check_survey(event, journey.surveys.get(event.touchpoint))
 
 
 def _decode_control(control: bytes, record: SourceRecord) -> Input | Invalid:

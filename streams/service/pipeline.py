@@ -68,6 +68,9 @@ def rules_of(settings: Settings, journey: JourneyMap) -> Rules:
         upsell_alert_min_examples=settings.model_alert_min_examples,
         anonymous_ttl_ms=int(settings.anonymous_ttl * 1000),
         max_anonymous_ids=settings.max_anonymous_ids,
+        holdout_shares=settings.holdout_shares,
+        holdout_key=f"journey-tracker holdout {settings.holdout_salt}".encode(),
+        uplift_window_ms=int(settings.uplift_window * 1000),
     )
 
 

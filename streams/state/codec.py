@@ -18,10 +18,10 @@ from typing import Any
 import orjson
 
 from models.clv import OrderSummary
-from models.journey import JourneyState, OpenAlert, PendingPrediction
+from models.journey import Exposure, JourneyState, OpenAlert, PendingPrediction
 from models.propensity import Example
 
-FORMAT = 2  # 2: identity fields appended; format 1 values are still read
+FORMAT = 3  # 2: identity fields appended; 3: KPI fields appended. Formats 1 and 2 are still read
 _SEEN = struct.Struct(">qi")
 
 
@@ -53,6 +53,8 @@ def encode(s: JourneyState) -> bytes:
         [[p.scored_ms, p.touchpoint, p.proba, p.predicted, p.model_version, p.features] for p in s.predictions],
         list(s.score) if s.score is not None else None, s.upsell_alert_ms,
         s.anonymous_ids, s.merged_into, s.merged_ms,
+        s.second_order_ms, s.active_weeks,
+        [[e.type, e.at_ms, e.holdout, e.rank, e.converted, e.revenue_cents] for e in s.exposures],
     ]
     base_s = base // 1000
     seen = b"".join(_SEEN.pack(d, -(-t // 1000) - base_s) for d, t in s.seen.items())
@@ -68,9 +70,9 @@ def decode(raw: bytes) -> JourneyState:
     head, sep, seen = raw.partition(b"\n")
     try:
         d = orjson.loads(head)
-        if not sep or not isinstance(d, list) or d[0] not in (1, FORMAT):
+        if not sep or not isinstance(d, list) or d[0] not in (1, 2, FORMAT):
             raise CorruptState(f"not a customer state of format {FORMAT}")
-        identity = d[29:] if d[0] == FORMAT else [{}, None, None]
+        identity = d[29:32] if d[0] >= 2 else [{}, None, None]
         (_, cid, stage, since, first, last, events, tps, path, channel, channel_ms, orders, gross, refunded,
          fo_ms, fo_c, lo_ms, days, crit, crit_ms, sdue, sopen, ddue, dopen, hold, ups, preds, score,
          up_alert) = d[:29]
@@ -82,13 +84,29 @@ def decode(raw: bytes) -> JourneyState:
             orders, gross, refunded, fo_ms, fo_c, lo_ms,
             {day: c for day, c, _ in days}, {day: n for day, _, n in days if n},
             crit, crit_ms, sdue, _unopen(sopen), ddue, _unopen(dopen), hold,
-            ({dg: (first // 1000 + t) * 1000 for dg, t in _SEEN.iter_unpack(seen)} if d[0] == FORMAT
+            ({dg: (first // 1000 + t) * 1000 for dg, t in _SEEN.iter_unpack(seen)} if d[0] >= 2
              else {dg: first + 1000 * t for dg, t in _SEEN.iter_unpack(seen)}),
             ups, [PendingPrediction(*p) for p in preds], tuple(score) if score is not None else None, up_alert,
             *identity,
+            *(d[32:34] if d[0] >= 3 else _kpi_fields(orders, {day: n for day, _, n in days if n})),
+            [Exposure(*e) for e in d[34]] if d[0] >= 3 else [],
         )
     except (orjson.JSONDecodeError, ValueError, TypeError, IndexError, struct.error) as exc:
         raise CorruptState(f"unreadable customer state: {exc}") from None
+
+
+def _kpi_fields(orders: int, order_days: dict[int, int]) -> list[Any]:
+    """A state stored before format 3: the second order's day from the per-day orders (its start: the
+    time is not kept), and no retention weeks (they count from the upgrade)."""
+    second = None
+    if orders >= 2:
+        seen = 0
+        for day in sorted(order_days):
+            seen += order_days[day]
+            if seen >= 2:
+                second = day * 86_400_000
+                break
+    return [second, 0]
 
 
 def encode_orders(s: OrderSummary) -> bytes:
