@@ -94,11 +94,12 @@ def reason(facts: AlertFacts) -> str:
     )
 
 
-def render(facts: AlertFacts, *, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+def render(facts: AlertFacts, *, holdout: bool = False, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """The alert message (JSON Schema: ``models/schemas/alert.schema.json``), without ``emitted_at``.
 
     Everything in it is decided in event time, so a replay renders the same body; only the
-    wall-clock ``emitted_at`` is added when it is published (:func:`stamp`).
+    wall-clock ``emitted_at`` is added when it is published (:func:`stamp`). ``holdout``: the
+    customer is in this alert type's holdout group (:mod:`models.uplift`).
     """
     body: dict[str, Any] = {
         "alert_id": alert_id(facts),
@@ -113,6 +114,7 @@ def render(facts: AlertFacts, *, extra: dict[str, Any] | None = None) -> dict[st
         "severity": "info" if facts.status is AlertStatus.RESOLVED else facts.severity,
         "event_time": iso(facts.at_ms if facts.status is AlertStatus.RESOLVED else facts.anchor_ms + facts.expected_ms),
         "reason": reason(facts),
+        "holdout": holdout,
     }
     if is_anonymous(facts.customer_id):  # an anonymous visitor: named by their anonymous id
         anonymous_id = external_id(facts.customer_id)

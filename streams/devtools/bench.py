@@ -355,6 +355,7 @@ class Bench:
                 "JOURNEY_DLQ_TOPIC": f"bench-dlq-{suffix}",
                 "JOURNEY_ALERTS_TOPIC": f"bench-alerts-{suffix}",
                 "JOURNEY_ERASURE_TOPIC": f"bench-erasures-{suffix}",
+                "JOURNEY_SPEND_TOPIC": f"bench-spend-{suffix}",
                 "JOURNEY_REDIS_PREFIX": f"jt:bench:{suffix}",
                 "JOURNEY_TOPIC_PARTITIONS": str(partitions),
                 "PYTHONPATH": str(ROOT),
@@ -1151,6 +1152,7 @@ def _delete_spaces(base: Settings, spaces: Sequence[RunSpace]) -> None:
                 s.settings.dlq_topic,
                 s.settings.alerts_topic,
                 s.settings.erasure_topic,
+                s.settings.spend_topic,
             )
             if t in existing
         ]

@@ -96,7 +96,8 @@ def run_demo(
         seed = seed if seed is not None else random.SystemRandom().randrange(1_000_000)
         # 90 days of history, so that most scoring points reach the end of their horizon (labels)
         # half of them browse anonymously until signup: the demo shows their journeys stitched
-        truth, records = simulate(customers, seed=seed, now_ms=int(time.time() * 1000), days=90, anonymous_share=0.5)
+        truth, records = simulate(customers, seed=seed, now_ms=int(time.time() * 1000), days=90, anonymous_share=0.5,
+                                  survey_share=0.3)
         say(f"== simulating {customers} customers at {rate:.0f} events/s (seed {seed})")
         outcome: dict[str, PublishSummary | BaseException] = {}
         stop = threading.Event()
@@ -161,6 +162,12 @@ def run_demo(
             say(f"== a stitched journey (browsed anonymously on two devices, then signed up): "
                 f"curl {base}/customers/{stitched.customer_id}   one of its devices: "
                 f"curl {base}/customers/{stitched.devices[1]}")
+        kpis = _get(f"{base}/journey/kpis")
+        pct = lambda x: "-" if x is None else f"{100 * x:.1f}%"  # noqa: E731
+        nps = kpis["nps"]["overall"]["nps"]
+        say(f"== KPIs: repeat purchase {pct(kpis['repeat_purchase_rate'])}, churn {pct(kpis['churn_rate'])}, "
+            f"NPS {'-' if nps is None else f'{nps:.0f}'} (journey kpis; curl {base}/journey/kpis); "
+            f"what alerts are worth: journey uplift")
         say(f"== funnel: curl {base}/journey/funnel   gaps: curl {base}/journey/gaps   health: curl {base}/healthz")
         if exit_when_drained:
             return 0

@@ -469,6 +469,7 @@ def simulate(
     upsell_signal: bool = True,
     anonymous_share: float = 0.0,
     two_device_share: float = 0.25,
+    survey_share: float = 0.0,
 ) -> tuple[list[SimCustomer], Iterator[SimRecord]]:
     """Plan ``customers`` journeys and return their ground truth and the records to publish.
 
@@ -491,6 +492,10 @@ def simulate(
         who never sign up stay anonymous. Of them, ``two_device_share`` also browse on a second
         device (its own anonymous id, half of their pre-signup events), linked by the first event
         after the signup (only customers with such an event get one).
+    survey_share
+        Share of buyers who answer an NPS survey (``nps_survey``, ``properties.score`` 0-10) one to
+        five days after their first purchase, and of onboarded customers who answer a CSAT survey
+        (``csat_survey``, 1-5) after onboarding. Happier scores for repeat buyers and reviewers.
 
     Returns
     -------
@@ -532,6 +537,9 @@ def simulate(
         if gc_was_enabled:
             gc.enable()
 
+    if survey_share > 0:  # its own generator: the records without it stay byte-identical
+        truth = _add_surveys(truth, plan, random.Random(f"{seed}:surveys"), survey_share, now_ms)
+
     # Shares are of all records: per valid event, the chance of an extra duplicate / malformed one.
     p_dup = duplicate_share / valid_share
     p_mal = malformed_share / valid_share
@@ -556,6 +564,41 @@ def simulate(
         identities=identities, devices=random.Random(f"{seed}:devices"),
     )
     return truth, records
+
+
+def _add_surveys(truth: list[SimCustomer], plan: _Plan, rng: random.Random, share: float,
+                 now_ms: int) -> list[SimCustomer]:
+    """Plan survey answers (see ``survey_share``) into ``plan``; return the customers with them."""
+    out = []
+    for idx, c in enumerate(truth):
+        tps = dict(c.touchpoints)  # touchpoint -> its latest time (enough to find the first purchase below)
+        first_purchase = next((t for tp, t in c.touchpoints if tp == "purchase"), None)
+        onboarded = tps.get("onboarding_complete")
+        happy = sum(tp == "purchase" for tp, _ in c.touchpoints) > 1 or "review" in tps
+        taken = {t for _, t in c.touchpoints}
+        added = []
+        for kind, after, scores in (("nps_survey", first_purchase, range(11)), ("csat_survey", onboarded, range(1, 6))):
+            if after is None or rng.random() >= share:
+                continue
+            t = after + DAY_MS + int(rng.random() * 4 * DAY_MS)
+            while t in taken:
+                t += 1
+            if t > now_ms:
+                continue
+            top = len(scores) - 1
+            pick = top - int(rng.random() ** (3.0 if happy else 1.0) * (top + 1) * 0.999)  # happy: skewed high
+            taken.add(t)
+            added.append((kind, t))
+            plan.times.append(t)
+            plan.customer.append(idx)
+            plan.touchpoint.append(kind)
+            plan.channel.append(None)
+            plan.extra.append((None, {"score": scores[pick]}))
+        if added:
+            c = SimCustomer(c.customer_id, tuple(sorted((*c.touchpoints, *added), key=lambda x: x[1])),
+                            c.dropped_after, c.upgraded, c.devices, c.linked)
+        out.append(c)
+    return out
 
 
 def _identify(doc: dict[str, Any], ident: tuple[str, str | None, int | None], t: int,

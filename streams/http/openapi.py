@@ -21,6 +21,11 @@ def _get(summary: str, *, personal: bool = False, params: list[dict[str, Any]] |
 
 
 CUSTOMER = {"name": "customer_id", "in": "path", "required": True, "schema": {"type": "string"}}
+DAYS = {"name": "days", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 400}}
+AS_OF = {"name": "as_of", "in": "query", "schema": {"type": "string"}, "description": "ISO-8601 or epoch ms"}
+CHANNEL = {"name": "channel", "in": "query", "schema": {"type": "string"}, "description": "an acquisition channel"}
+COHORT = {"name": "cohort", "in": "query", "schema": {"type": "string"},
+          "description": "a weekly acquisition cohort (first seen): 2026-W47 or a date in that week"}
 
 
 def openapi_document() -> dict[str, Any]:
@@ -38,9 +43,17 @@ def openapi_document() -> dict[str, Any]:
             },
             "/journey/funnel": {"get": _get("Customers currently in each stage")},
             "/journey/gaps": {"get": _get("Expected vs actual transition times, conversion and drop-off rates",
-                                          params=[{"name": "days", "in": "query", "schema": {"type": "integer"}}],
-                                          extra={"400": {"description": "bad days"}})},
-            "/journey/value": {"get": _get("Value attributed to touchpoints, channels, stages; value lost")},
+                                          params=[DAYS, AS_OF, CHANNEL, COHORT],
+                                          extra={"400": {"description": "bad days, as_of or segment"}})},
+            "/journey/value": {"get": _get("Value attributed to touchpoints, channels, stages; value lost",
+                                           params=[CHANNEL, COHORT],
+                                           extra={"400": {"description": "bad segment"}})},
+            "/journey/kpis": {"get": _get("Repeat purchase and churn rates, retention cohorts, NPS, CSAT, CAC and "
+                                          "CLV/CAC per channel, in event time", params=[DAYS, AS_OF],
+                                          extra={"400": {"description": "bad days or as_of"}})},
+            "/journey/uplift": {"get": _get("Per alert type: treated vs held-out customers' conversion and revenue "
+                                            "after the alert, the uplift and its 95 % interval",
+                                            params=[DAYS, AS_OF], extra={"400": {"description": "bad days or as_of"}})},
             "/clv/model": {"get": _get("The newest CLV model version and parameters")},
             "/model": {"get": _get("The upsell-propensity model: version, examples learned, predictions pending, "
                                    "ROC AUC / log loss / accuracy since start and recent, calibration",

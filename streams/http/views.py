@@ -50,6 +50,11 @@ def days_param(request: Request) -> int:
     return days
 
 
+def segment_params(request: Request) -> dict[str, str | None]:
+    """``channel=`` / ``cohort=`` (one of them): the segment of a gap or value report."""
+    return {"channel": request.query.get("channel"), "cohort": request.query.get("cohort")}
+
+
 async def _tcp_reachable(host: str, port: int, timeout: float = 2.0) -> bool:
     try:
         _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
@@ -118,14 +123,37 @@ def register_views(app: faust.App, status: WorkerStatus) -> None:
         async def get(self, request: Request) -> Response:
             try:
                 days, as_of = days_param(request), as_of_param(request)
-            except BadRequest as exc:
-                return bad(self, exc)
-            return self.json(await queries.gaps_view(status.queries, status.journey, days, as_of))
+                return self.json(await queries.gaps_view(status.queries, status.journey, days, as_of,
+                                                         **segment_params(request)))
+            except (BadRequest, queries.SegmentError) as exc:
+                return self.json({"error": str(exc)}, status=400)
 
     @app.page("/journey/value")
     class ValueView(View):
-        async def get(self, request: Request) -> Response:  # noqa: ARG002
-            return self.json(await queries.value_view(status.queries, status.journey))
+        async def get(self, request: Request) -> Response:
+            try:
+                return self.json(await queries.value_view(status.queries, status.journey, **segment_params(request)))
+            except (BadRequest, queries.SegmentError) as exc:
+                return self.json({"error": str(exc)}, status=400)
+
+    @app.page("/journey/kpis")
+    class KpisView(View):
+        async def get(self, request: Request) -> Response:
+            try:
+                days, as_of = days_param(request), as_of_param(request)
+            except BadRequest as exc:
+                return bad(self, exc)
+            return self.json(await queries.kpis_view(status.queries, status.rules, days, as_of))
+
+    @app.page("/journey/uplift")
+    class UpliftView(View):
+        async def get(self, request: Request) -> Response:
+            try:
+                days = days_param(request) if "days" in request.query else None
+                as_of = as_of_param(request)
+            except BadRequest as exc:
+                return bad(self, exc)
+            return self.json(await queries.uplift_view(status.queries, status.rules, days, as_of))
 
     @app.page("/clv/model")
     class ClvModelView(View):

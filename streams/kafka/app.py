@@ -23,8 +23,9 @@ from streams.kafka.sinks import KafkaDeadLetters, OutboxPublisher
 from streams.kafka.transport import BatchSchema
 from streams.ops.metrics import WorkerMetrics
 from streams.service.handler import Rewind
-from streams.service.pipeline import Pipeline
+from streams.service.pipeline import Pipeline, limits_of
 from streams.service.ports import SourceRecord
+from streams.service.spend import SpendFeed
 from streams.service.status import WorkerStatus
 from streams.settings import Settings, faust_variables_set
 from streams.state.clv_store import RedisClvStore
@@ -179,6 +180,22 @@ def create_app(settings: Settings, journey: JourneyMap | None = None) -> faust.A
                 continue
             requester = str(body.get("requested_by", "unknown"))
             await pipeline.erase(customer_id, requested_by=f"topic {settings.erasure_topic}: {requester}", wait_s=0)
+
+    spend_feed = SpendFeed(store, dead_letters, limits_of(settings), retryable=RETRYABLE)
+    spend = app.topic(settings.spend_topic, key_serializer="raw", value_serializer="raw")
+
+    @app.agent(spend, name="apply_spend")
+    async def apply_spend(stream: Any) -> None:
+        # key <channel>|<day>, value {"channel", "day", "amount", "currency"} (models/spend.py). Acks
+        # are manual: a record is acked (its offset may be committed) only once it was applied or its
+        # dead letter acknowledged, never because the agent stopped half-way through it.
+        manual = stream.noack()
+        async for event in manual.events():
+            m = event.message
+            ts_ms = int(m.timestamp * 1000) if m.timestamp is not None else None
+            await spend_feed.handle(SourceRecord(m.key, m.value, m.topic, m.partition, m.offset, ts_ms,
+                                                 dict(m.headers or ())))
+            await manual.ack(event)
 
     @app.task
     async def publish_outbox() -> None:

@@ -14,7 +14,7 @@ class TopicError(Exception):
 
 DAY_MS = 86_400_000
 #: Retention of each topic the worker creates (the README's "Personal data" section lists them).
-RETENTION_DAYS = {"touchpoints": 7, "dlq": 30, "alerts": 7, "erasures": 30}
+RETENTION_DAYS = {"touchpoints": 7, "dlq": 30, "alerts": 7, "erasures": 30, "spend": 30}
 
 
 def topic_specs(settings: Settings) -> list[NewTopic]:
@@ -36,6 +36,11 @@ def topic_specs(settings: Settings) -> list[NewTopic]:
             "cleanup.policy": "compact,delete", "retention.ms": retention("alerts"),
             "segment.ms": str(DAY_MS), "min.cleanable.dirty.ratio": "0.1"}),
         NewTopic(settings.erasure_topic, 1, 1, topic_configs={"retention.ms": retention("erasures")}),
+        # Key <channel>|<day>, each message THE spend of that day: compaction keeps the latest per key,
+        # and a small table needs no more than one partition (one topic order for every correction).
+        NewTopic(settings.spend_topic, 1, 1, topic_configs={
+            "cleanup.policy": "compact,delete", "retention.ms": retention("spend"),
+            "segment.ms": str(DAY_MS), "min.cleanable.dirty.ratio": "0.1"}),
     ]
 
 

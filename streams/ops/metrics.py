@@ -104,12 +104,49 @@ class WorkerCollector(Collector):
                     if value is not None:
                         family.add_metric([window], value)
                 yield family
+        yield from _kpi_gauges(self.status.kpis, self.status.uplift)
         if self.status.pending_deadlines is not None:
             yield GaugeMetricFamily(
                 "journey_pending_deadlines",
                 "Customers with a deadline or a label due in the partitions this worker owns.",
                 value=self.status.pending_deadlines,
             )
+
+
+def _kpi_gauges(kpis: dict[str, Any] | None, uplift: dict[str, Any] | None) -> Iterator[Any]:
+    """The journey KPIs and the alerts' uplift (the whole deployment's: the same on every worker, use max())."""
+    if kpis is not None:
+        for name, doc in (("repeat_purchase_rate", "Share of buying customers with two orders or more."),
+                          ("churn_rate", "Share of buying customers with an open drop-off after the purchase stage.")):
+            if kpis[name] is not None:
+                yield GaugeMetricFamily(f"journey_kpi_{name}", doc, value=kpis[name])
+        for kind, field in (("nps", "nps"), ("csat", "csat")):
+            value = kpis[kind]["overall"][field]
+            if value is not None:
+                yield GaugeMetricFamily(f"journey_kpi_{kind}", f"{kind.upper()} over the last "
+                                        f"{kpis['window_days']} days of event time.", value=value)
+        for name, doc in (("cac", "Customer acquisition cost per acquisition channel (window)."),
+                          ("clv_to_cac", "CLV to date per acquired customer / CAC, per channel (window).")):
+            family = GaugeMetricFamily(f"journey_kpi_{name}", doc, labels=["channel"])
+            for row in kpis["acquisition"]:
+                if row[name] is not None:
+                    family.add_metric([row["channel"]], row[name])
+            yield family
+        retention = GaugeMetricFamily("journey_kpi_retention", "Share of the latest complete weekly cohort "
+                                      "active k weeks later.", labels=["cohort", "week"])
+        for row in kpis["retention"]:
+            for key, value in row.items():
+                if key.startswith("week_") and value is not None:
+                    retention.add_metric([row["cohort"], key.removeprefix("week_")], value)
+        yield retention
+    if uplift is not None:
+        family = GaugeMetricFamily("journey_alert_uplift", "Conversion uplift of alerted over held-out customers "
+                                   "(estimate and 95 % interval).", labels=["type", "bound"])
+        for row in uplift["alert_types"]:
+            for bound, key in (("estimate", "uplift"), ("low", "ci_low"), ("high", "ci_high")):
+                if row[key] is not None:
+                    family.add_metric([row["type"], bound], row[key])
+        yield family
 
 
 class WorkerMetrics:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from models import kpis, uplift
 from models.alerts import AlertFacts, AlertStatus, AlertType, alert_id
 from models.durations import DAY_MS, iso
 from models.events import anonymous_profile, customer_id_problem, external_id, is_anonymous
@@ -18,7 +19,7 @@ from models.gaps import gap_report
 from models.journey import JourneyState, OpenAlert
 from models.journey_map import JourneyMap
 from models.partition import Rules
-from models.value import customer_value, value_report
+from models.value import customer_value, public_channel, value_report
 from models.watermark import NO_WATERMARK
 from streams.service.clv import ClvModels, stream_time
 from streams.service.ports import StateQueries
@@ -122,16 +123,43 @@ async def resolve_as_of(queries: StateQueries, as_of_ms: int | None) -> int | No
     return as_of_ms if as_of_ms is not None else await stream_time(queries)
 
 
+class SegmentError(ValueError):
+    """A segment a user asked for that cannot be read (the message says why)."""
+
+
+def segment_prefix(channel: str | None, cohort: str | None) -> tuple[str, dict[str, str]]:
+    """The counter prefix of a segment (``channel=`` or ``cohort=``, one of them) and how the answer names it."""
+    if channel is not None and cohort is not None:
+        raise SegmentError("give channel or cohort, not both (the counters are kept per channel and per cohort)")
+    if channel is not None:
+        return f"ch:{channel}|", {"channel": channel}
+    if cohort is not None:
+        week = kpis.parse_week(cohort)
+        if week is None:
+            raise SegmentError(f"cohort must be an ISO week (2026-W47) or a date in it (2026-11-18), got {cohort!r}")
+        return f"co:{week}|", {"cohort": kpis.week_label(week)}
+    return "", {}
+
+
+def _segment(counts: dict[str, int], prefix: str) -> dict[str, int]:
+    if not prefix:
+        return counts
+    return {k[len(prefix):]: v for k, v in counts.items() if k.startswith(prefix)}
+
+
 async def gaps_view(
-    queries: StateQueries, journey: JourneyMap, days: int, as_of_ms: int | None = None
+    queries: StateQueries, journey: JourneyMap, days: int, as_of_ms: int | None = None, *,
+    channel: str | None = None, cohort: str | None = None,
 ) -> dict[str, Any]:
-    """Gap analysis over the ``days`` event-time days up to ``as_of`` (default: the stream's time)."""
+    """Gap analysis over the ``days`` event-time days up to ``as_of`` (default: the stream's time), for
+    everyone or for one acquisition channel or weekly cohort (week first seen)."""
+    prefix, segment = segment_prefix(channel, cohort)
     as_of_ms = await resolve_as_of(queries, as_of_ms)
     if as_of_ms is None:
-        return {"window_days": days, "as_of": None, **gap_report(journey, {})}
+        return {"window_days": days, "as_of": None, **segment, **gap_report(journey, {})}
     last = as_of_ms // DAY_MS
-    counts = await queries.gap_counts(last - days + 1, last)
-    return {"window_days": days, "as_of": iso(as_of_ms), **gap_report(journey, counts)}
+    counts = _segment(await queries.gap_counts(last - days + 1, last), prefix)
+    return {"window_days": days, "as_of": iso(as_of_ms), **segment, **gap_report(journey, counts)}
 
 
 async def funnel_view(queries: StateQueries, journey: JourneyMap, as_of_ms: int | None = None) -> dict[str, Any]:
@@ -159,11 +187,67 @@ async def funnel_view(queries: StateQueries, journey: JourneyMap, as_of_ms: int 
     }
 
 
-async def value_view(queries: StateQueries, journey: JourneyMap) -> dict[str, Any]:
-    """Where value is created and lost, summed over the partitions, as of the stream's time."""
+async def value_view(queries: StateQueries, journey: JourneyMap, *, channel: str | None = None,
+                     cohort: str | None = None) -> dict[str, Any]:
+    """Where value is created and lost, summed over the partitions, as of the stream's time; for everyone
+    or for one acquisition channel or weekly cohort."""
+    prefix, segment = segment_prefix(channel, cohort)
     as_of_ms = await stream_time(queries)
-    return {"as_of": iso(as_of_ms) if as_of_ms is not None else None,
-            **value_report(journey, await queries.aggregates())}
+    return {"as_of": iso(as_of_ms) if as_of_ms is not None else None, **segment,
+            **value_report(journey, _segment(await queries.aggregates(), prefix))}
+
+
+async def kpis_view(queries: StateQueries, rules: Rules, days: int = 30, as_of_ms: int | None = None
+                    ) -> dict[str, Any]:
+    """The journey KPIs as of ``as_of`` (default: the stream's time), flows over the ``days`` days up to it.
+
+    Standings and churn are kept all-time and per day: as of an earlier day, the days after it are
+    taken back out (only those days are read)."""
+    now_ms = await stream_time(queries)
+    as_of_ms = as_of_ms if as_of_ms is not None else now_ms
+    if as_of_ms is None:  # nothing applied yet
+        return {**kpis.report(as_of_ms=0, days=days, totals={}, window={}, spend_cents={}, margin=rules.clv_margin),
+                "as_of": None}
+    last = as_of_ms // DAY_MS
+    totals = {k: v for k, v in (await queries.aggregates()).items() if k.startswith("k|")}
+    if now_ms is not None and now_ms // DAY_MS > last:
+        for k, v in (await queries.gap_counts(last + 1, now_ms // DAY_MS)).items():
+            if k in totals:
+                totals[k] -= v
+    window = await queries.gap_counts(last - days + 1, last)
+    spend = await queries.spend_by_channel(last - days + 1, last)
+    spend = _public_spend(spend, rules.channels)
+    return kpis.report(as_of_ms=as_of_ms, days=days, totals=totals, window=window, spend_cents=spend,
+                       margin=rules.clv_margin)
+
+
+def _public_spend(spend: dict[str, int], channels: tuple[str, ...]) -> dict[str, int]:
+    """Spend per channel as the KPIs name channels (unknown ones as ``other``)."""
+    out: dict[str, int] = {}
+    for ch, cents in spend.items():
+        name = public_channel(ch, channels)
+        out[name] = out.get(name, 0) + cents
+    return out
+
+
+async def uplift_view(queries: StateQueries, rules: Rules, days: int | None = None, as_of_ms: int | None = None
+                      ) -> dict[str, Any]:
+    """Per alert type, what treated and held-out customers did after their alerts (settled exposures):
+    all of them, or those alerted in the ``days`` days up to ``as_of``."""
+    if days is None:
+        counts = await queries.aggregates()
+        as_of = await stream_time(queries)
+    else:
+        as_of = await resolve_as_of(queries, as_of_ms)
+        last = (as_of or 0) // DAY_MS
+        counts = await queries.gap_counts(last - days + 1, last) if as_of is not None else {}
+    types = [t.value for t in AlertType]
+    return {
+        "as_of": iso(as_of) if as_of is not None else None,
+        "window_days": days,
+        "measured_for_seconds": rules.uplift_window_ms / 1000,
+        "alert_types": uplift.report(counts, types, rules.holdout_shares, rules.uplift_window_ms / 1000),
+    }
 
 
 def clv_model_view(clv: ClvModels) -> dict[str, Any]:

@@ -33,6 +33,8 @@ class WorkerStatus:
         self.lag = lag
         self.exposition: Callable[[], bytes] = lambda: b""  # the metrics' text format, set by the app
         self.pending_deadlines: int | None = None
+        self.kpis: dict[str, Any] | None = None  # as of the stream's time, read at each scrape
+        self.uplift: dict[str, Any] | None = None
         self.settings: Settings = pipeline.settings
         self.journey: JourneyMap = pipeline.journey
         self.queries: StateQueries = pipeline.store
@@ -48,10 +50,14 @@ class WorkerStatus:
 
     async def metrics(self) -> bytes:
         """The Prometheus exposition, with the gauges that need Redis read now."""
+        from streams.service.queries import kpis_view, uplift_view
+
         try:
             self.pending_deadlines = await self.queries.pending_due(self.owned())
+            self.kpis = await kpis_view(self.queries, self.rules)
+            self.uplift = await uplift_view(self.queries, self.rules)
         except (OSError, ConnectionError):
-            self.pending_deadlines = None
+            self.pending_deadlines = self.kpis = self.uplift = None
         return self.exposition()
 
     def owned(self) -> list[int]:

@@ -20,7 +20,10 @@ key                                type    holds
 
 Outside the partitions: ``<prefix>:dir:<bucket>`` (hash, pseudonym -> partition: where a
 customer lives, so a lookup never scans), ``<prefix>:topology`` (the partition count),
-``<prefix>:model`` (the propensity snapshot) and ``<prefix>:clv:*`` (CLV model versions).
+``<prefix>:model`` (the propensity snapshot), ``<prefix>:clv:*`` (CLV model versions) and
+``<prefix>:spend`` (hash, the marketing-spend table: ``<channel>|<day number>`` -> ``<cents> <partition>
+<offset>`` of the message that set it, and ``{offset}:<partition>`` -> the last offset of the spend
+topic handled; one key, so a single-slot script writes it on Redis Cluster too).
 Aggregates are summed over the partitions when read.
 """
 
@@ -83,6 +86,11 @@ class Keys:
         return f"{self.prefix}:model"
 
     @property
+    def model_examples(self) -> str:
+        """Stream of the newest examples the learner learned, in its order (``journey model validate``)."""
+        return f"{self.prefix}:model:examples"
+
+    @property
     def clv_model(self) -> str:
         return f"{self.prefix}:clv:model"
 
@@ -93,6 +101,10 @@ class Keys:
     @property
     def clv_version(self) -> str:
         return f"{self.prefix}:clv:version"
+
+    @property
+    def spend(self) -> str:
+        return f"{self.prefix}:spend"
 
     def patterns(self) -> tuple[str, str]:
         """SCAN patterns matching every key under the prefix (for cleanup tools only)."""

@@ -245,7 +245,8 @@ def _cleanup(settings: Settings) -> None:
             client.delete(key)
     admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
     try:
-        topics = [settings.touchpoints_topic, settings.dlq_topic, settings.alerts_topic, settings.erasure_topic]
+        topics = [settings.touchpoints_topic, settings.dlq_topic, settings.alerts_topic, settings.erasure_topic,
+                  settings.spend_topic]
         admin.delete_topics([t for t in topics if t in set(admin.list_topics())])
     finally:
         admin.close()
@@ -264,6 +265,7 @@ def make_worker_env(stack: Settings, tmp: Path, **overrides: str) -> dict[str, s
             "JOURNEY_DLQ_TOPIC": f"touchpoints-dlq-{suffix}",
             "JOURNEY_ALERTS_TOPIC": f"journey-alerts-{suffix}",
             "JOURNEY_ERASURE_TOPIC": f"journey-erasures-{suffix}",
+            "JOURNEY_SPEND_TOPIC": f"marketing-spend-{suffix}",
             "JOURNEY_REDIS_PREFIX": f"jt:test:{suffix}",
             "JOURNEY_WEB_PORT": str(free_port()),
             "JOURNEY_TOPIC_PARTITIONS": "2",

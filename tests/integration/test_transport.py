@@ -36,7 +36,8 @@ def pair(worker_factory) -> tuple[WorkerProcess, WorkerProcess]:
     second = worker_factory(
         JOURNEY_TOPIC_PARTITIONS="4", JOURNEY_BATCH_SIZE="100", JOURNEY_IDLE_TIMEOUT="1h",
         **{k: first.env[k] for k in ("JOURNEY_APP_ID", "JOURNEY_TOUCHPOINTS_TOPIC", "JOURNEY_DLQ_TOPIC",
-                                      "JOURNEY_ALERTS_TOPIC", "JOURNEY_ERASURE_TOPIC", "JOURNEY_REDIS_PREFIX")},
+                                      "JOURNEY_ALERTS_TOPIC", "JOURNEY_ERASURE_TOPIC", "JOURNEY_SPEND_TOPIC",
+                                      "JOURNEY_REDIS_PREFIX")},
     )
     return first, second
 

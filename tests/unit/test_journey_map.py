@@ -19,8 +19,26 @@ def test_default_map_has_the_documented_touchpoints_in_their_stages():
         "product_view": "consideration", "add_to_cart": "purchase", "checkout": "purchase",
         "purchase": "purchase", "onboarding_complete": "retention", "upgrade": "retention",
         "refund": "retention", "review": "advocacy",
+        "nps_survey": "", "csat_survey": "",  # surveys have no stage
     }
     assert dict(journey.touchpoints) == expected
+    assert dict(journey.surveys) == {"nps_survey": "nps", "csat_survey": "csat"}
+
+
+def test_survey_touchpoints_are_checked_and_never_steps_of_the_flow(tmp_path: Path):
+    f = tmp_path / "journey.yaml"
+    f.write_text(
+        "stages: [a, b]\n"
+        "touchpoints:\n  x: {stage: a}\n  y: {stage: b}\n"
+        "  nps: {survey: nps, stage: a}\n  poll: {survey: poll}\n  csat: {survey: csat}\n"
+        "flow:\n  - {from: x, to: csat, optimistic: 1m, likely: 2m, pessimistic: 3m}\n"
+    )
+    with pytest.raises(MapFileError) as err:
+        load_journey_map(f)
+    text = str(err.value)
+    assert "touchpoints.nps.stage: a survey has no stage or value (only survey: nps|csat)" in text
+    assert "touchpoints.poll.survey: must be one of nps, csat, got 'poll'" in text
+    assert "flow[0]: 'csat' is a survey: surveys are not steps of the flow" in text
 
 
 def test_a_bad_stage_reference_names_file_line_and_entry(tmp_path: Path):
