@@ -265,7 +265,7 @@ def process(
                                annual_discount_rate=rules.clv_discount_rate)
         kind = facts.type.value
         holdout = uplift.held_out(kind, facts.customer_id, rules.holdout_shares.get(kind, 0.0), rules.holdout_key)
-        body = orjson.dumps(render(facts, extra={"clv": value, "holdout": holdout}))
+        body = orjson.dumps(render(facts, holdout=holdout, extra={"clv": value}))
         effect.outbox.append(OutboxEntry(external_id(facts.customer_id), body, kind, facts.status.value))
         opened = facts.status is AlertStatus.OPEN
         # when the alert happened, in event time: its due time (an upsell: its scoring point)

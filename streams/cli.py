@@ -130,7 +130,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     print(f"simulating {args.customers} customers (seed {seed}) -> {settings.touchpoints_topic}", file=sys.stderr)
     _, records = simulate(
         args.customers, seed=seed, now_ms=int(time.time() * 1000), days=args.days, upsell_signal=args.upsell_signal,
-        anonymous_share=args.anonymous_share,
+        anonymous_share=args.anonymous_share, survey_share=args.survey_share,
     )
     summary = publish(
         records,
@@ -256,7 +256,8 @@ def cmd_gaps(args: argparse.Namespace) -> int:
     settings = _settings()
     journey = load_journey_map(settings.map)
     as_of = _as_of(args.as_of)
-    report = with_store(settings, lambda store: gaps_view(store, journey, args.days, as_of))
+    report = with_store(settings, lambda store: _segmented(gaps_view(store, journey, args.days, as_of,
+                                                                     channel=args.channel, cohort=args.cohort)))
     if args.json:
         print(orjson.dumps(report).decode())
         return 0
@@ -286,25 +287,130 @@ def cmd_gaps(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _segmented(view: Awaitable[T]) -> T:
+    """A report for a segment: a segment the user got wrong is a user error."""
+    from streams.service.queries import SegmentError
+
+    try:
+        return await view
+    except SegmentError as exc:
+        raise UserError(str(exc)) from None
+
+
+def cmd_kpis(args: argparse.Namespace) -> int:
+    from streams.service.pipeline import rules_of
+    from streams.service.queries import kpis_view
+
+    settings = _settings()
+    rules = rules_of(settings, load_journey_map(settings.map))
+    as_of = _as_of(args.as_of)
+    r = with_store(settings, lambda store: kpis_view(store, rules, args.days, as_of))
+    if args.json:
+        print(orjson.dumps(r).decode())
+        return 0
+
+    def pct(x: float | None) -> str:
+        return "-" if x is None else f"{100 * x:.1f}%"
+
+    def num(x: float | None, digits: int = 2) -> str:
+        return "-" if x is None else f"{x:,.{digits}f}"
+
+    cur = settings.currency
+    print(f"Journey KPIs as of {r['as_of'] or '(nothing applied yet)'} (event time)\n")
+    print(f"  repeat purchase rate  {pct(r['repeat_purchase_rate']):>8}   ({r['repeat_buyers']:,} of "
+          f"{r['customers_buying']:,} buying customers ordered twice or more)")
+    print(f"  churn rate            {pct(r['churn_rate']):>8}   ({r['churned']:,} silent after buying, longer than "
+          "the map allows)")
+    nps, csat = r["nps"]["overall"], r["csat"]["overall"]
+    last = f"last {r['window_days']} d"
+    print(f"  NPS                   {num(nps['nps'], 1):>8}   ({nps['responses']:,} answers, {last})")
+    print(f"  CSAT                  {num(csat['csat']):>8}   ({csat['responses']:,} answers, {last})")
+    print(f"\nAcquisition, last {r['window_days']} days ({cur}): CLV = net revenue to date x margin")
+    print(f"  {'channel':<12} {'acquired':>9} {'spend':>11} {'CAC':>9} {'CLV':>9} {'CLV/CAC':>8}")
+    for a in r["acquisition"]:
+        print(f"  {a['channel']:<12} {a['customers_acquired']:>9,} {a['spend']:>11,.2f} {num(a['cac']):>9} "
+              f"{num(a['clv_per_customer']):>9} {num(a['clv_to_cac']):>8}")
+    print("\nRetention: share of each weekly cohort (first seen) active k weeks later")
+    weeks = [k for k in (r["retention"][0] if r["retention"] else {}) if k.startswith("week_")]
+    print(f"  {'cohort':<10} {'customers':>9} " + " ".join(f"{'wk ' + w[5:]:>7}" for w in weeks))
+    for row in r["retention"]:
+        print(f"  {row['cohort']:<10} {row['customers']:>9,} " + " ".join(f"{pct(row[w]):>7}" for w in weeks))
+    return 0
+
+
+def cmd_uplift(args: argparse.Namespace) -> int:
+    from streams.service.pipeline import rules_of
+    from streams.service.queries import uplift_view
+
+    settings = _settings()
+    rules = rules_of(settings, load_journey_map(settings.map))
+    r = with_store(settings, lambda store: uplift_view(store, rules, args.days, _as_of(args.as_of)))
+    if args.json:
+        print(orjson.dumps(r).decode())
+        return 0
+
+    days = "every alert so far" if args.days is None else f"alerts of the last {args.days} days"
+    print(f"What alerts are worth ({days}, measured {r['measured_for_seconds'] / 86400:g} days after each), "
+          f"as of {r['as_of'] or '(nothing applied yet)'}\n")
+    print(f"  {'alert type':<22} {'treated':>8} {'held out':>8} {'conv. t':>8} {'conv. h':>8} "
+          f"{'uplift (points, 95% CI)':>28} {'revenue t/h':>15}")
+    for a in r["alert_types"]:
+        ci = "-" if a["uplift"] is None else \
+            f"{100 * a['uplift']:+.1f} [{100 * a['ci_low']:+.1f}, {100 * a['ci_high']:+.1f}]"
+        rev = "-" if a["revenue_treated"] is None or a["revenue_held_out"] is None else \
+            f"{a['revenue_treated']:.2f}/{a['revenue_held_out']:.2f}"
+        conv_t = "-" if a["conversion_treated"] is None else f"{100 * a['conversion_treated']:.1f}%"
+        conv_h = "-" if a["conversion_held_out"] is None else f"{100 * a['conversion_held_out']:.1f}%"
+        print(f"  {a['type']:<22} {a['treated']:>8,} {a['held_out']:>8,} {conv_t:>8} {conv_h:>8} {ci:>28} {rev:>15}")
+    print("\nConversion: reached a later stage within the window. An interval that excludes 0 is an effect.")
+    return 0
+
+
 def cmd_clv(args: argparse.Namespace) -> int:
-    from streams.service.clv import ClvModels
+    from streams.service.clv import ClvModels, selection_text
     from streams.state.clv_store import RedisClvStore
 
     settings = _settings()
     as_of = _as_of(args.as_of)
+    if args.holdout_days is not None and not args.validate:
+        raise UserError("--holdout-days goes with --validate: journey clv fit --validate --holdout-days N")
 
-    async def refit(store: Any) -> dict[str, object]:
-        return await ClvModels(RedisClvStore(store.redis, store.keys), store).refit(as_of)
+    async def refit(store: Any) -> dict[str, Any]:
+        models = ClvModels(RedisClvStore(store.redis, store.keys), store)
+        if args.validate:
+            return await models.validate(as_of, holdout_days=args.holdout_days)
+        return await models.refit(as_of)
 
     result = with_store(settings, refit)
-    print(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
+    if args.validate and not args.json:
+        if result["model"] != "fitted" and not result.get("selection"):
+            print(f"error: cannot choose a CLV model: {result['reason']}", file=sys.stderr)
+        else:
+            print(selection_text(result))
+    else:
+        print(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
     return 0 if result["model"] == "fitted" else 1
 
 
-def cmd_model(args: argparse.Namespace) -> int:  # noqa: ARG001
+def cmd_model(args: argparse.Namespace) -> int:
     from streams.state.model_store import RedisModelStore
 
     settings = _settings()
+    if args.action == "validate":
+        from streams.service.learner import EXAMPLES_KEPT, validate_kinds, validation_text
+
+        async def recorded(store: Any) -> list[Any]:
+            return await RedisModelStore(store.redis, store.keys, model_key=settings.model_secret()).learned_examples()
+
+        examples = with_store(settings, recorded)
+        if not examples:
+            print(f"error: no labelled examples recorded yet under {settings.redis_prefix}: the learner keeps the "
+                  f"last {EXAMPLES_KEPT:,} it learned; let the worker run until scored customers' labels settle",
+                  file=sys.stderr)
+            return 1
+        body = validate_kinds(examples, running=settings.model_kind, window=settings.model_window)
+        print(orjson.dumps(body).decode() if args.json else validation_text(body))
+        return 0
 
     async def reset(store: Any) -> bool:
         return await RedisModelStore(store.redis, store.keys, model_key=settings.model_secret()).delete()
@@ -320,7 +426,8 @@ def cmd_value(args: argparse.Namespace) -> int:
 
     settings = _settings()
     journey = load_journey_map(settings.map)
-    report = with_store(settings, lambda store: value_view(store, journey))
+    report = with_store(settings, lambda store: _segmented(value_view(store, journey, channel=args.channel,
+                                                                      cohort=args.cohort)))
     if args.json:
         print(orjson.dumps(report).decode())
         return 0
@@ -451,6 +558,76 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_spend(args: argparse.Namespace) -> int:
+    import time
+
+    from models.spend import iso_day
+    from streams.ops import spend_import
+    from streams.service.pipeline import limits_of
+
+    settings = _settings()
+    today = int(time.time() * 1000) // 86_400_000
+    if args.action == "show":
+        first = today - args.days + 1
+
+        async def read(store: Any) -> dict[str, int]:
+            return await store.spend_by_channel(first, today)
+
+        cents = with_store(settings, read)
+        if args.json:
+            print(orjson.dumps({"currency": settings.currency, "first_day": iso_day(first), "last_day": iso_day(today),
+                                "spend": {c: n / 100 for c, n in sorted(cents.items())}}).decode())
+            return 0
+        print(f"marketing spend {iso_day(first)} to {iso_day(today)} (UTC days), {settings.currency}:")
+        for channel, n in sorted(cents.items(), key=lambda item: (-item[1], item[0])):
+            print(f"  {channel:<24} {n / 100:>16,.2f}")
+        print(f"  {'total':<24} {sum(cents.values()) / 100:>16,.2f}" if cents else "  (none)")
+        return 0
+
+    from streams.kafka.topics import ensure_topics
+
+    now_ms = int(time.time() * 1000)
+    try:
+        checked = spend_import.check(spend_import.read_lines(args.file), limits_of(settings), now_ms=now_ms)
+        if checked.problems:
+            shown = checked.problems[:20]
+            more = len(checked.problems) - len(shown)
+            raise UserError(
+                f"{args.file}: {len(checked.problems)} invalid line(s), nothing was imported:\n  "
+                + "\n  ".join(shown) + (f"\n  ... and {more} more" if more else ""))
+        if not checked.lines:
+            raise UserError(f"{args.file}: no spend lines to import")
+        ensure_topics(settings)
+        ranges = spend_import.publish(checked, bootstrap_servers=settings.bootstrap_servers,
+                                      topic=settings.spend_topic)
+    except spend_import.SpendImportError as exc:
+        raise UserError(str(exc)) from None
+    days = sorted({spend.day for _, spend in checked.lines})
+    channels = {spend.channel for _, spend in checked.lines}
+    print(f"sent {len(checked.lines):,} lines ({len(channels)} channels, {iso_day(days[0])} to {iso_day(days[-1])}) "
+          f"to {settings.spend_topic}")
+    if args.no_wait:
+        return 0
+
+    async def wait(store: Any) -> bool:
+        return await spend_import.wait_handled(ranges, store.spend_offsets, timeout=args.timeout)
+
+    if not with_store(settings, wait):
+        raise Unavailable(f"the worker had not applied the spend within {args.timeout:.0f} s: is `journey worker` "
+                          f"running? (the lines are on {settings.spend_topic}; it applies them when it runs)")
+    from streams.ops.backfill import Summary, dead_letters_of
+
+    reasons = dead_letters_of(Summary(ranges=ranges), bootstrap_servers=settings.bootstrap_servers,
+                              source_topic=settings.spend_topic, dlq_topic=settings.dlq_topic,
+                              since_ms=now_ms - 60_000)
+    if reasons:  # only if the worker's settings differ from these (e.g. another JOURNEY_FX_RATES)
+        raise Unavailable(f"the worker dead-lettered {sum(reasons.values())} of the lines "
+                          f"({', '.join(f'{n} {r}' for r, n in sorted(reasons.items()))}): are its settings "
+                          f"the same as this command's? See {settings.dlq_topic}.")
+    print(f"the worker applied them: `journey spend show --days {today - days[0] + 1}` shows the totals")
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from streams.devtools.bench import BenchError, BenchOptions, run_bench
 
@@ -493,6 +670,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--days", type=float, default=14.0, help="journeys start over the last N days")
     p.add_argument("--anonymous-share", type=_share, default=0.5,
                    help="share of customers who browse anonymously (anonymous_id only) until signup (0.5)")
+    p.add_argument("--survey-share", type=_share, default=0.3,
+                   help="share of buyers answering an NPS survey and of onboarded customers a CSAT survey (0.3)")
     p.add_argument("--no-upsell-signal", dest="upsell_signal", action="store_false",
                    help="upgrades independent of the journey (the propensity model should then score about 0.5 AUC)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
@@ -516,19 +695,43 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("gaps", help="expected vs actual transition times, conversion and drop-off rates")
     p.add_argument("--days", type=_positive_int, default=30, help="sliding window of event-time days")
     p.add_argument("--as-of", default=None, help="end of the window (default: the stream's time)")
+    p.add_argument("--channel", default=None, help="only customers acquired through this channel")
+    p.add_argument("--cohort", default=None, help="only this weekly cohort (first seen): 2026-W47 or a date in it")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_gaps)
+
+    p = sub.add_parser("kpis", help="repeat purchase, churn, retention cohorts, NPS, CSAT, CAC and CLV/CAC")
+    p.add_argument("--days", type=_positive_int, default=30, help="window of event-time days for NPS, CSAT, CAC (30)")
+    p.add_argument("--as-of", default=None, help="as of this time (default: the stream's time)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_kpis)
+
+    p = sub.add_parser("uplift", help="what each alert type is worth: treated vs held-out customers")
+    p.add_argument("--days", type=_positive_int, default=None, help="only alerts of the last N days (default: all)")
+    p.add_argument("--as-of", default=None, help="end of those days (default: the stream's time)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_uplift)
 
     p = sub.add_parser("clv", help="predictive CLV model")
     p.add_argument("action", choices=["fit"], help="fit BG/NBD + Gamma-Gamma on the customers in Redis")
     p.add_argument("--as-of", default=None, help="fit as of this time (default: the stream's time, never the clock)")
+    p.add_argument("--validate", action="store_true",
+                   help="choose BG/NBD or MBG/NBD by their error on a holdout period, then fit the winner")
+    p.add_argument("--holdout-days", type=_holdout_days, default=None,
+                   help="with --validate: the last N days are the holdout (default: the last 25%% of the history)")
+    p.add_argument("--json", action="store_true", help="with --validate: machine-readable output")
     p.set_defaults(func=cmd_clv)
 
     p = sub.add_parser("model", help="the upsell-propensity model")
-    p.add_argument("action", choices=["reset"], help="remove the model snapshot (e.g. after it was refused)")
+    p.add_argument("action", choices=["reset", "validate"],
+                   help="reset: remove the model snapshot (e.g. after it was refused); validate: compare the model "
+                        "kinds on the recorded labelled examples (changes nothing)")
+    p.add_argument("--json", action="store_true", help="validate: machine-readable output")
     p.set_defaults(func=cmd_model)
 
     p = sub.add_parser("value", help="which touchpoints, channels and stages create or lose value")
+    p.add_argument("--channel", default=None, help="only customers acquired through this channel")
+    p.add_argument("--cohort", default=None, help="only this weekly cohort (first seen): 2026-W47 or a date in it")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_value)
 
@@ -552,6 +755,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=600.0, help="how long to wait for the worker (600 s)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=cmd_backfill)
+
+    p = sub.add_parser("spend", help="marketing spend per channel and day (the input of acquisition cost)")
+    spend = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    q = spend.add_parser("import", help="check a CSV or JSON-lines file of spend, publish it, wait until applied")
+    q.add_argument("file", help="CSV with the header channel,day,amount,currency, or JSON lines; - reads stdin")
+    q.add_argument("--no-wait", action="store_true", help="do not wait for the worker to apply what was sent")
+    q.add_argument("--timeout", type=float, default=60.0, help="how long to wait for the worker (60 s)")
+    q.set_defaults(func=cmd_spend)
+    q = spend.add_parser("show", help="spend per channel over the last N UTC days")
+    q.add_argument("--days", type=_positive_int, default=30, help="days up to today, UTC (30)")
+    q.add_argument("--json", action="store_true", help="machine-readable output")
+    q.set_defaults(func=cmd_spend)
 
     p = sub.add_parser("bench", help="benchmark the whole pipeline on the local stack against a naive baseline")
     p.add_argument("--quick", action="store_true", help="a short smoke run (about two minutes)")
@@ -582,6 +797,16 @@ def _share(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a share between 0 and 1, got {text!r}") from None
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"expected a share between 0 and 1, got {text!r}")
+    return value
+
+
+def _holdout_days(text: str) -> int:
+    from models.clv import MAX_HOLDOUT_DAYS
+
+    value = _positive_int(text)
+    if value > MAX_HOLDOUT_DAYS:
+        raise argparse.ArgumentTypeError(f"at most {MAX_HOLDOUT_DAYS} (orders per day are kept "
+                                         f"{MAX_HOLDOUT_DAYS + 1} days)")
     return value
 
 

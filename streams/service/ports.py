@@ -13,10 +13,11 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from models.clv import OrderSummary
+from models.clv import OrderHistory, OrderSummary
 from models.events import Reason
 from models.journey import JourneyState
 from models.partition import Effect
+from models.spend import Spend
 from models.watermark import Clock
 
 
@@ -124,6 +125,11 @@ class StateQueries(Protocol):
         """Every buying customer's order summary (for the CLV fit)."""
         ...
 
+    async def order_histories(self) -> list[OrderHistory]:
+        """Every buying customer's order summary with their orders per event-time day (for the
+        calibration / holdout validation of the CLV models)."""
+        ...
+
     async def clocks(self) -> dict[int, Clock]:
         """Each partition's committed clock."""
         ...
@@ -134,6 +140,28 @@ class StateQueries(Protocol):
 
     async def pending_due(self, partitions: Sequence[int]) -> int:
         """Customers with something due in these partitions."""
+        ...
+
+    async def spend_by_channel(self, first_day: int, last_day: int) -> dict[str, int]:
+        """Marketing spend in cents per channel over event-time days ``first_day..last_day`` (inclusive)."""
+        ...
+
+
+class SpendStore(Protocol):
+    """The marketing-spend table: one amount per channel and day, set by the spend topic's messages.
+
+    An amount is written only if its message is later in the topic than the one that set it:
+    a zombie worker replaying old offsets after a rebalance cannot undo a correction.
+    """
+
+    async def apply_spend(self, partition: int, offset: int, spend: Spend | None) -> bool:
+        """Record that the spend topic's record at ``partition``/``offset`` was handled and, with
+        ``spend``, set its channel's amount on its day unless a later record already did.
+        True when the amount was written."""
+        ...
+
+    async def spend_offsets(self) -> dict[int, int]:
+        """The last offset handled per partition of the spend topic."""
         ...
 
 

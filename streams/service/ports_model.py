@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -42,6 +43,15 @@ class ModelStore(Protocol):
 
     async def load(self) -> Snapshot | None:
         """The newest snapshot, verified; None if none. Raises :class:`SnapshotRefused`."""
+        ...
+
+    async def archive(self, examples: Sequence[Example], *, keep: int) -> None:
+        """Append examples, in the order they were learned, to the archive ``journey model validate``
+        replays; keep only the newest ``keep``."""
+        ...
+
+    async def learned_examples(self) -> list[Example]:
+        """The archived examples, oldest first."""
         ...
 
 

@@ -7,10 +7,11 @@ from collections import defaultdict
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
-from models.clv import OrderSummary
+from models.clv import OrderHistory, OrderSummary
 from models.journey import JourneyState
 from models.partition import Effect
 from models.propensity import Example
+from models.spend import Spend
 from models.watermark import Clock
 from streams.service.ports import Claim, Conflict, Fenced, Loaded, OutboxMessage
 from streams.state import codec
@@ -39,6 +40,8 @@ class MemoryStore:
         self.parts: dict[int, _Partition] = defaultdict(_Partition)
         self.directory: dict[str, int] = {}
         self._partitions = partitions
+        self.spend: dict[tuple[str, int], tuple[int, int, int]] = {}  # (channel, day) -> cents, partition, offset
+        self.spend_marks: dict[int, int] = {}  # spend-topic partition -> last offset handled
 
     async def partitions(self) -> int:
         return self._partitions
@@ -140,6 +143,11 @@ class MemoryStore:
     async def order_summaries(self) -> list[OrderSummary]:
         return [codec.decode_orders(raw) for part in self.parts.values() for raw in part.orders.values()]
 
+    async def order_histories(self) -> list[OrderHistory]:
+        return [OrderHistory(codec.decode_orders(raw), dict(codec.decode(part.customers[cid]).order_days)
+                             if cid in part.customers else {})
+                for part in self.parts.values() for cid, raw in part.orders.items()]
+
     async def clocks(self) -> dict[int, Clock]:
         return {p: part.clock for p, part in self.parts.items()}
 
@@ -151,3 +159,23 @@ class MemoryStore:
 
     def examples(self, partition: int) -> list[Example]:
         return [codec.decode_example(raw) for raw in self.parts[partition].examples]
+
+    async def apply_spend(self, partition: int, offset: int, spend: Spend | None) -> bool:
+        self.spend_marks[partition] = max(self.spend_marks.get(partition, -1), offset)
+        if spend is None:
+            return False
+        current = self.spend.get((spend.channel, spend.day))
+        if current is not None and current[1] == partition and current[2] >= offset:
+            return False  # a later record of the partition set it (as spend.lua decides)
+        self.spend[spend.channel, spend.day] = (spend.cents, partition, offset)
+        return True
+
+    async def spend_offsets(self) -> dict[int, int]:
+        return dict(self.spend_marks)
+
+    async def spend_by_channel(self, first_day: int, last_day: int) -> dict[str, int]:
+        total: dict[str, int] = defaultdict(int)
+        for (channel, day), (cents, _, _) in self.spend.items():
+            if first_day <= day <= last_day:
+                total[channel] += cents
+        return dict(total)

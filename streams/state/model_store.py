@@ -17,7 +17,9 @@ from typing import Any
 import orjson
 import river
 
+from models.propensity import Example
 from streams.service.ports_model import Snapshot, SnapshotRefused
+from streams.state import codec
 from streams.state.keys import Keys
 
 SNAPSHOT_FORMAT = "journey-propensity/2"
@@ -46,6 +48,7 @@ class RedisModelStore:
     def __init__(self, redis: Any, keys: Keys, *, model_key: bytes) -> None:
         self.redis = redis
         self.key = keys.model
+        self.examples_key = keys.model_examples
         self.model_key = model_key
         self._save = redis.register_script(_SAVE)
 
@@ -104,3 +107,21 @@ class RedisModelStore:
     async def delete(self) -> bool:
         """Remove the snapshot (``journey model reset``): the next learner starts from nothing."""
         return bool(await self.redis.delete(self.key))
+
+    async def archive(self, examples: Sequence[Example], *, keep: int) -> None:
+        if not examples:
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for e in examples:
+                pipe.xadd(self.examples_key, {"e": codec.encode_example(e)}, maxlen=keep, approximate=False)
+            await pipe.execute()
+
+    async def learned_examples(self) -> list[Example]:
+        out: list[Example] = []
+        after = "-"
+        while True:
+            entries = await self.redis.xrange(self.examples_key, min=after, count=5000)
+            out += [codec.decode_example(fields[b"e"]) for _, fields in entries]
+            if len(entries) < 5000:
+                return out
+            after = f"({entries[-1][0].decode()}"

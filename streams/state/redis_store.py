@@ -13,11 +13,12 @@ from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
-from models.clv import OrderSummary
+from models.clv import OrderHistory, OrderSummary
 from models.journey import JourneyState
 from models.partition import Effect, OutboxEntry
 from models.privacy import pseudonym_digest
 from models.propensity import Example
+from models.spend import Spend
 from models.watermark import NO_WATERMARK, Clock
 from streams.service.ports import Claim, Conflict, Fenced, Loaded, OutboxMessage
 from streams.state import codec
@@ -30,6 +31,7 @@ local v = redis.call('HMGET', KEYS[1], 'seq', 'offset', 'high', 'wm')
 return {epoch, v[1] or '0', v[2] or '-1', v[3] or '', v[4] or ''}
 """
 GAPS_TTL_S = 400 * 86400
+SPEND_MARK = b"{offset}:"  # spend-table fields of the offsets handled (no channel holds a brace)
 _SEP = b"\x00"
 
 
@@ -56,6 +58,7 @@ class RedisStore:
         self._claim = redis.register_script(_CLAIM)
         self._load = redis.register_script((_HERE / "load.lua").read_text())
         self._commit = redis.register_script((_HERE / "commit.lua").read_text())
+        self._spend = redis.register_script((_HERE / "spend.lua").read_text())
         self._partitions: int | None = None
 
     def digest(self, customer_id: str) -> bytes:
@@ -228,6 +231,19 @@ class RedisStore:
                 out.append(codec.decode_orders(raw))
         return out
 
+    async def order_histories(self) -> list[OrderHistory]:
+        out: list[OrderHistory] = []
+        for p in range(await self.partitions()):
+            summaries = {f.decode(): codec.decode_orders(raw)
+                         async for f, raw in self.redis.hscan_iter(self.keys.orders(p), count=5000)}
+            cids = list(summaries)
+            for i in range(0, len(cids), 500):  # one slot per partition: an MGET works on a cluster too
+                chunk = cids[i : i + 500]
+                values = await self.redis.mget([self.keys.customer(p, c) for c in chunk])
+                out += [OrderHistory(summaries[c], dict(codec.decode(v).order_days) if v else {})
+                        for c, v in zip(chunk, values, strict=True)]
+        return out
+
     async def clocks(self) -> dict[int, Clock]:
         n = await self.partitions()
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -252,6 +268,26 @@ class RedisStore:
             for p in partitions:
                 pipe.zcard(self.keys.due(p))
             return sum(await pipe.execute())
+
+    # ---- marketing spend (one hash, see keys.py; written by spend.lua) ----
+
+    async def apply_spend(self, partition: int, offset: int, spend: Spend | None) -> bool:
+        field, cents = (f"{spend.channel}|{spend.day}", spend.cents) if spend is not None else ("", 0)
+        return bool(await self._spend(keys=[self.keys.spend], args=[partition, offset, field, cents]))
+
+    async def spend_offsets(self) -> dict[int, int]:
+        table = await self.redis.hgetall(self.keys.spend)
+        return {int(f[len(SPEND_MARK):]): int(v) for f, v in table.items() if f.startswith(SPEND_MARK)}
+
+    async def spend_by_channel(self, first_day: int, last_day: int) -> dict[str, int]:
+        total: dict[str, int] = defaultdict(int)
+        for f, v in (await self.redis.hgetall(self.keys.spend)).items():
+            if f.startswith(SPEND_MARK):
+                continue
+            channel, _, day = f.decode().rpartition("|")
+            if first_day <= int(day) <= last_day:
+                total[channel] += int(v.split(b" ", 1)[0])
+        return dict(total)
 
     async def examples(self, partition: int, after: str, count: int) -> list[tuple[str, Example]]:
         """Settled examples of a partition after stream id ``after`` (oldest first)."""
