@@ -31,6 +31,11 @@ Z95 = 1.959963984540054
 MAX_EXPOSURES = 8  # per customer; an alert beyond it is not measured (counted as ``uplift_unmeasured``)
 
 
+def holdout_key(salt: str) -> bytes:
+    """The key of the holdout hash for a salt (``JOURNEY_HOLDOUT_SALT``): a new salt draws new groups."""
+    return f"journey-tracker holdout {salt}".encode()
+
+
 def held_out(alert_type: str, customer_id: str, share: float, key: bytes) -> bool:
     """Whether the customer is in the holdout group of this alert type: a keyed hash below ``share``.
 

@@ -852,3 +852,81 @@ def publish(
     if errors:
         raise failed()
     return PublishSummary(sent, dict(by_kind), elapsed, sent / elapsed if elapsed > 0 else 0.0)
+
+
+@dataclass(frozen=True, slots=True)
+class TreatedCustomer:
+    """Ground truth of one customer of :func:`simulate_treatment`."""
+
+    customer_id: str
+    alerted_ms: int  # when their drop-off alert is due (event time)
+    held_out: bool
+    converted: bool
+
+
+def simulate_treatment(
+    customers: int,
+    *,
+    seed: int,
+    start_ms: int,
+    holdout_share: float,
+    holdout_salt: str = "v1",
+    base_rate: float = 0.2,
+    effect: float = 0.15,
+    silence_ms: int = 7 * DAY_MS,
+    spacing_ms: int = 4 * MINUTE_MS,
+    heartbeat_keys: Iterable[str] = (),
+    until_ms: int | None = None,
+) -> tuple[list[TreatedCustomer], list[SimRecord]]:
+    """A stream with a planted treatment effect, for measuring what drop-off alerts are worth.
+
+    Customer ``i`` arrives at ``start_ms + i * spacing_ms`` (ad click, visit, signup, product
+    view: the consideration stage) and goes silent. Their ``drop_off`` alert is due ``silence_ms``
+    after the product view (the default map's ``max_silence`` of consideration). A marketing tool
+    acts on the alerts it may act on: a customer not in the holdout group of ``drop_off`` (the
+    tracker's own hash, :func:`models.uplift.held_out`) comes back with probability
+    ``base_rate + effect``, a held-out one with ``base_rate``; coming back is cart, checkout,
+    purchase, onboarding and a review, 12 h to 3 days after the alert (so within the measured
+    window, and never a drop-off again: advocacy has no maximum silence).
+
+    ``heartbeat_keys``: one per partition (customer ids the producer puts there), each visiting the
+    site every hour until ``until_ms``, so that every partition's watermark keeps moving: each alert
+    fires before the customer's return, and every window ends. They get one stall alert each.
+
+    Returns the truth and the records in event-time order (no duplicates, late or malformed ones).
+    """
+    from models.uplift import held_out, holdout_key
+
+    rng = random.Random(f"{seed}:treatment")
+    key = holdout_key(holdout_salt)
+    truth: list[TreatedCustomer] = []
+    planned: list[tuple[int, str, str, str | None, float | None]] = []
+    for i in range(customers):
+        cid = f"u{i:05d}"
+        s = start_ms + i * spacing_ms
+        steps = [(0, "ad_click", "search"), (MINUTE_MS, "site_visit", "search"), (20 * MINUTE_MS, "signup", None),
+                 (30 * MINUTE_MS, "product_view", None)]
+        planned += [(s + dt, cid, tp, ch, None) for dt, tp, ch in steps]
+        due = s + 30 * MINUTE_MS + silence_ms
+        held = held_out("drop_off", cid, holdout_share, key)
+        back = rng.random() < base_rate + (0.0 if held else effect)
+        if back:
+            t = due + 12 * HOUR_MS + int(rng.random() * 60 * HOUR_MS)
+            planned += [(t, cid, "add_to_cart", None, None), (t + 5 * MINUTE_MS, cid, "checkout", None, None),
+                        (t + 8 * MINUTE_MS, cid, "purchase", None, 50.0),
+                        (t + HOUR_MS, cid, "onboarding_complete", None, None),
+                        (t + 2 * HOUR_MS, cid, "review", None, None)]
+        truth.append(TreatedCustomer(cid, due, held, back))
+    end = until_ms if until_ms is not None else start_ms + customers * spacing_ms + silence_ms + 30 * DAY_MS
+    for beat in heartbeat_keys:
+        planned += [(t, beat, "site_visit", "direct", None) for t in range(start_ms, end, HOUR_MS)]
+    planned.sort()
+    records = []
+    for n, (t, cid, tp, ch, value) in enumerate(planned):
+        doc: dict[str, Any] = {"event_id": f"{cid}-{n}", "customer_id": cid, "touchpoint": tp, "timestamp": t}
+        if ch is not None:
+            doc["channel"] = ch
+        if value is not None:
+            doc["value"], doc["currency"] = value, CURRENCY
+        records.append(SimRecord(cid.encode(), orjson.dumps(doc), "event", t))
+    return truth, records

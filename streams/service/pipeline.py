@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+from models import uplift
 from models.events import Reason, anonymous_profile, customer_id_problem
 from models.journey import StateLimits
 from models.journey_map import JourneyMap
@@ -69,7 +70,7 @@ def rules_of(settings: Settings, journey: JourneyMap) -> Rules:
         anonymous_ttl_ms=int(settings.anonymous_ttl * 1000),
         max_anonymous_ids=settings.max_anonymous_ids,
         holdout_shares=settings.holdout_shares,
-        holdout_key=f"journey-tracker holdout {settings.holdout_salt}".encode(),
+        holdout_key=uplift.holdout_key(settings.holdout_salt),
         uplift_window_ms=int(settings.uplift_window * 1000),
     )
 
