@@ -309,7 +309,7 @@ def acquisition_table(window: Mapping[str, int], spend_cents: Mapping[str, int],
     for ch in channels:
         acquired, spend = window.get(f"k|b|{ch}", 0), spend_cents.get(ch, 0)
         revenue = window.get(f"k|rev|{ch}", 0)
-        cac = spend / 100 / acquired if acquired else None
+        cac = spend / 100 / acquired if acquired and ch in spend_cents else None  # no spend recorded: unknown
         clv = margin * revenue / 100 / acquired if acquired else None
         rows.append({
             "channel": ch, "customers_acquired": acquired, "spend": spend / 100, "cac": cac,
