@@ -116,6 +116,8 @@ def snapshot(w: WorkerProcess) -> dict[str, Any]:
         "value": w.get("/journey/value")[1],
         "alerts": w.get("/alerts/recent")[1],
         "model": model_of(w),
+        "kpis": w.get("/journey/kpis?days=30")[1],
+        "uplift": w.get("/journey/uplift")[1],
     }
 
 
@@ -161,6 +163,7 @@ def test_the_dashboard_shows_the_workers_live_numbers_in_a_real_browser(worker: 
         ev("dev2", c["dev"], "signup", now - 3 * HOUR),
         ev("dev3", c["dev"], "purchase", now - 2 * HOUR, value=25.0),
         ev("dev4", c["dev"], "onboarding_complete", now - HOUR),
+        ev("dev5", c["dev"], "nps_survey", now - 50 * MINUTE, properties={"score": 10}),  # a promoter: NPS 100
         # advocacy
         ev("eve1", c["eve"], "site_visit", now - 3 * HOUR),
         ev("eve2", c["eve"], "review", now - 30 * MINUTE),
@@ -176,7 +179,7 @@ def test_the_dashboard_shows_the_workers_live_numbers_in_a_real_browser(worker: 
     w.send(purchase, product_view)  # redelivered: 2 duplicates
     w.send(b"this is not json", key=b"dash-bad")  # 2 dead letters
     w.send(ev("bad1", "dash-bad", "teleport", now))
-    applied, expected_stages = 24, {"awareness": 3, "consideration": 3, "purchase": 1, "retention": 1, "advocacy": 1}
+    applied, expected_stages = 25, {"awareness": 3, "consideration": 3, "purchase": 1, "retention": 1, "advocacy": 1}
     expected_anonymous = {"awareness": 1, "consideration": 0, "purchase": 0, "retention": 0, "advocacy": 0}
 
     w.wait_drained()
@@ -290,6 +293,18 @@ def test_the_dashboard_shows_the_workers_live_numbers_in_a_real_browser(worker: 
     status, model = before["model"]
     assert status == 200 and model["roc_auc"] is None and model["predictions_pending"] == 3
     assert text("model-status") == "model not trained yet: no labels so far (3 predictions waiting)"
+
+    # the KPIs: ann and dev bought (once each), dev answered NPS 10; ann came by search (her first touch), dev direct
+    kpis = before["kpis"]
+    assert (kpis["customers_buying"], kpis["repeat_buyers"], kpis["nps"]["overall"]["nps"]) == (2, 0, 100.0)
+    assert number("kpi-repeat-rate") == 0.0 and text("kpi-repeat-rate") == "0.0 %"
+    assert number("kpi-nps") == 100.0 and text("kpi-nps") == "100"
+    assert value("kpi-csat") == "" and text("kpi-csat") == "–"  # no CSAT answer
+    assert int(value("acq-search")) == 1 and int(value("acq-direct")) == 1 and "acq-email" not in found
+    assert value("acq-search-cac") == ""  # no spend recorded: no CAC
+    # what alerts are worth: ann's stall and ben's drop-off are being measured, none settled yet
+    assert all(r["treated"] + r["held_out"] == 0 for r in before["uplift"]["alert_types"])
+    assert text("uplift").endswith("no alert measured yet")
 
     # watermarks: one row per partition the worker owns
     partitions = sorted(w.get("/worker/stats")[1]["watermarks"])

@@ -13,6 +13,7 @@ from kafka.partitioner.default import murmur2
 
 from streams.devtools.simulate import simulate_treatment
 from tests.integration.conftest import ROOT, WorkerProcess, read_topic
+from tests.integration.test_dashboard import parse, run_chromium
 
 DAY = 86_400_000
 EFFECT, BASE = 0.15, 0.20
@@ -47,7 +48,7 @@ def publish(w: WorkerProcess, records) -> None:
     w.producer.flush()
 
 
-def test_a_planted_effect_is_measured_with_an_interval_that_contains_it(worker_factory, planted):
+def test_a_planted_effect_is_measured_with_an_interval_that_contains_it(worker_factory, planted, tmp_path):
     truth, records = planted
     w = worker_factory(**SETTINGS)
     w.start()
@@ -94,6 +95,15 @@ def test_a_planted_effect_is_measured_with_an_interval_that_contains_it(worker_f
     text = subprocess.run([sys.executable, "-m", "streams.cli", "uplift"], env={**os.environ, **w.env},
                           capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert text.returncode == 0 and "drop_off" in text.stdout and "Traceback" not in text.stderr
+
+    # The dashboard shows the same, in a real browser; its screenshot is kept for people to look at.
+    dom = parse(run_chromium(tmp_path / "profile-dom", "--dump-dom", w.base_url + "/").stdout).found
+    assert float(dom["uplift-drop_off"]["attrs"]["data-value"]) == row["uplift"]
+    assert int(dom["uplift-drop_off-treated"]["attrs"]["data-value"]) == row["treated"]
+    assert int(dom["uplift-drop_off-held-out"]["attrs"]["data-value"]) == row["held_out"]
+    shot = ROOT / "test-output" / "dashboard-uplift.png"
+    run_chromium(tmp_path / "profile-shot", f"--screenshot={shot}", "--window-size=1400,700", w.base_url + "/")
+    assert shot.exists()
     w.stop()
 
     # A replay of the same records through two other workers (one group): the same alerts, the same groups.
