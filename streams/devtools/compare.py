@@ -4,7 +4,8 @@
 against uninterrupted) compare two runs of the same records with it.
 
 Left out: what depends on how far the propensity learner had got when a customer was scored
-(their scores, and the upsell alerts): not a function of the records (README, "Upsell
+(their scores, the upsell alerts, and what those alerts' measurement counts: their exposures and
+``u|upsell_opportunity|…`` counters): not a function of the records (README, "Upsell
 propensity"). Alerts are compared as a set: a crash between publishing and acknowledging an
 outbox publishes the same alert again (README, "Exactly-once effect"); ``alert_copies`` says how
 many extra copies there were.
@@ -20,6 +21,9 @@ from typing import Any
 import orjson
 
 from streams.settings import Settings
+
+UPSELL = "upsell_opportunity"
+UPSELL_UPLIFT = f"u|{UPSELL}|"
 
 
 def store_of(settings: Settings) -> tuple[Any, Any]:
@@ -42,11 +46,14 @@ async def outcome(settings: Settings, customers: Sequence[str]) -> dict[str, Any
                 state.predictions = [dataclasses.replace(p, proba=None, predicted=None, model_version=0)
                                      for p in state.predictions]
                 state.score, state.upsell_alert_ms = None, None
+                state.exposures = [e for e in state.exposures if e.type != UPSELL]
         out: dict[str, Any] = {
             # every field, including those left out of the repr (the dedupe digests, the predictions)
             "customers": {c: dataclasses.asdict(s) for c, s in states.items() if s is not None},
-            "aggregates": {k: v for k, v in (await store.aggregates()).items() if v},
-            "gaps": await store.gap_counts(0, 200_000),
+            "aggregates": {k: v for k, v in (await store.aggregates()).items()
+                           if v and not k.startswith(UPSELL_UPLIFT)},
+            "gaps": {k: v for k, v in (await store.gap_counts(0, 200_000)).items()
+                     if not k.startswith(UPSELL_UPLIFT)},
         }
     finally:
         await redis.aclose()

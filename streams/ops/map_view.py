@@ -16,6 +16,8 @@ def describe(journey: JourneyMap) -> str:
         silence = journey.max_silence_s.get(stage)
         gap = f"drop-off after {format_duration(silence)} silent" if silence else "no drop-off alert"
         lines.append(f"  {i + 1}. {stage:<14} {gap:<30} severity {journey.severity.get(stage, 'medium'):<8} {tps}")
+    if journey.surveys:
+        lines.append("  surveys (no stage): " + ", ".join(f"{tp} ({kind})" for tp, kind in journey.surveys.items()))
     if journey.flow is None:
         lines.append("\nNo flow: stall alerts are off (add `flow:` to the map).")
         return "\n".join(lines)

@@ -21,9 +21,10 @@ def unused_port() -> int:
 def test_the_default_map_checks_ok_and_shows_its_stages(journey):
     check = journey("map", "check")
     assert check.returncode == 0, check.stderr
-    assert "OK (5 stages, 11 touchpoints, 10 activities)" in check.stdout
+    assert "OK (5 stages, 13 touchpoints, 10 activities)" in check.stdout
     show = journey("map", "show")
     assert "1. awareness" in show.stdout and "ad_click, site_visit" in show.stdout
+    assert "surveys (no stage): nps_survey (nps), csat_survey (csat)" in show.stdout
     assert "Critical path (*): ad_click -> site_visit -> signup -> add_to_cart" in show.stdout
     shown = orjson.loads(journey("map", "show", "--json").stdout)
     assert shown["critical_path"][:3] == ["ad_click", "site_visit", "signup"] and len(shown["activities"]) == 10

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
+import urllib.request
 from collections import defaultdict
 from datetime import UTC, datetime
 from typing import Any
@@ -210,6 +212,20 @@ def test_kpis_equal_a_batch_recomputation_now_and_as_of_an_earlier_day(run):
     out = ROOT / "test-output"
     out.mkdir(exist_ok=True)
     (out / "kpis.json").write_text(json.dumps({"now": body, "as_of_17_days_earlier": past}, indent=2))
+
+    # Prometheus: the same figures, under the names the Grafana dashboard queries
+    with urllib.request.urlopen(w.base_url + "/metrics", timeout=10) as r:  # noqa: S310
+        metrics = r.read().decode()
+    samples = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+               if line.startswith("journey_kpi") or line.startswith("journey_alert_uplift")}
+    now_kpis = w.get("/journey/kpis?days=30")[1]  # what the scrape read (nothing was published since)
+    assert samples["journey_kpi_repeat_purchase_rate"] == pytest.approx(now_kpis["repeat_purchase_rate"], abs=1e-12)
+    assert samples["journey_kpi_churn_rate"] == pytest.approx(now_kpis["churn_rate"], abs=1e-12)
+    search = next(a for a in now_kpis["acquisition"] if a["channel"] == "search")
+    assert samples['journey_kpi_cac{channel="search"}'] == pytest.approx(search["cac"], abs=1e-9)
+    grafana = (ROOT / "deploy/grafana/dashboards/journey-tracker.json").read_text()
+    for name in set(re.findall(r"journey_(?:kpi|alert)_[a-z_]+", grafana)):
+        assert f"# HELP {name} " in metrics, f"the Grafana dashboard queries {name}, which the worker does not export"
 
     cli = journey(w, "kpis", "--json")
     assert cli.returncode == 0, cli.stderr
