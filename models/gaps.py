@@ -3,7 +3,9 @@
 The store keeps, per event-time day, counts that add up across days (so a sliding window
 is a sum): customers reaching each touchpoint and stage for the first time, transitions
 along each flow activity with their duration in log-scale buckets (four per doubling, so a
-percentile read from them is within ±9 %), and drop-off alerts per stage.
+percentile read from them is within ±9 %), and drop-off alerts per stage. Each counter is kept
+per segment — the customer's acquisition channel and their weekly cohort — and the whole is the
+sum over channels (:func:`whole`), so a segmented report costs one more counter, not two.
 """
 
 from __future__ import annotations
@@ -14,6 +16,48 @@ from typing import Any
 
 from models.journey import DAY_MS, JourneyState
 from models.journey_map import JourneyMap
+
+CHANNEL_SEGMENT, COHORT_SEGMENT = "ch:", "co:"
+
+
+def segments(channel: str, week: int) -> tuple[str, str]:
+    """The two segments a customer's gap counters are kept under: their acquisition channel (as
+    aggregates name it) and their weekly cohort (week of first seen).
+
+    Examples
+    --------
+    >>> segments("email", 2917)
+    ('ch:email', 'co:2917')
+    """
+    return f"{CHANNEL_SEGMENT}{channel}", f"{COHORT_SEGMENT}{week}"
+
+
+def whole(counts: Mapping[str, int]) -> dict[str, int]:
+    """The counters of everyone: every counter is kept once per channel segment, so the whole is their sum.
+
+    Examples
+    --------
+    >>> whole({"ch:email|r|signup": 2, "ch:other|r|signup": 1, "co:2917|r|signup": 3, "k|b": 9})
+    {'r|signup': 3}
+    """
+    out: dict[str, int] = {}
+    for key, n in counts.items():
+        if key.startswith(CHANNEL_SEGMENT):
+            name = key.split("|", 1)[1]
+            out[name] = out.get(name, 0) + n
+    return out
+
+
+def segment(counts: Mapping[str, int], prefix: str) -> dict[str, int]:
+    """The counters of one segment (``ch:email``, ``co:2917``), without its prefix.
+
+    Examples
+    --------
+    >>> segment({"ch:email|r|signup": 2, "co:2917|r|signup": 3}, "co:2917")
+    {'r|signup': 3}
+    """
+    start = prefix + "|"
+    return {k[len(start):]: v for k, v in counts.items() if k.startswith(start)}
 
 
 def duration_bucket(seconds: float) -> int:

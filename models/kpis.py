@@ -112,7 +112,7 @@ def mark_active(state: JourneyState, ts_ms: int, first_seen_before_ms: int | Non
     >>> mark_active(st, 3 * DAY_MS, 10 * DAY_MS); bin(st.active_weeks)
     '0b111'
     """
-    if first_seen_before_ms is not None:
+    if first_seen_before_ms is not None and first_seen_before_ms != state.first_seen_ms:
         shift = week_of(first_seen_before_ms) - week_of(state.first_seen_ms)
         if shift > 0:
             state.active_weeks = (state.active_weeks << shift) & _MASK
@@ -132,6 +132,35 @@ def merge_activity(customer: JourneyState, visitor: JourneyState, customer_first
     customer.active_weeks = mask
 
 
+#: What a customer's standing depends on (None: no standing): customer id, channel, first and second
+#: order, net revenue, first seen and active weeks. Comparing two is cheap; most events change none.
+StandingInputs = tuple[str, str | None, int | None, int | None, int, int, int] | None
+
+
+def standing_inputs(state: JourneyState | None) -> StandingInputs:
+    """The inputs of :func:`standing` (None for an anonymous visitor, a merged marker, or no one)."""
+    if state is None or state.merged_into is not None or is_anonymous(state.customer_id):
+        return None
+    return (state.customer_id, state.channel, state.first_order_ms, state.second_order_ms, state.revenue_cents,
+            state.first_seen_ms, state.active_weeks)
+
+
+def standing_of(inputs: StandingInputs, channels: Container[str]) -> list[Increment]:
+    """:func:`standing` from its inputs."""
+    if inputs is None:
+        return []
+    _, channel, first_order, second_order, revenue, first_seen, weeks = inputs
+    out: list[Increment] = []
+    if first_order is not None:
+        day, ch = first_order // DAY_MS, public_channel(channel, channels)
+        out += [(day, "k|b", 1), (day, f"k|b|{ch}", 1), (day, f"k|rev|{ch}", revenue)]
+    if second_order is not None:
+        out.append((second_order // DAY_MS, "k|rp", 1))
+    week = week_of(first_seen)
+    out += [(None, f"k|r|{week}|{k}", 1) for k in RETENTION_WEEKS if weeks >> k & 1]
+    return out
+
+
 def standing(state: JourneyState | None, channels: Container[str]) -> list[Increment]:
     """What a customer contributes to the KPI counters (see the module docstring); nothing for an
     anonymous visitor, a merged marker, or no one.
@@ -144,17 +173,7 @@ def standing(state: JourneyState | None, channels: Container[str]) -> list[Incre
     [(1, 'k|b', 1), (1, 'k|b|search', 1), (1, 'k|rev|search', 5000), (8, 'k|rp', 1), (None, 'k|r|0|0', 1), \
 (None, 'k|r|0|1', 1)]
     """
-    if state is None or state.merged_into is not None or is_anonymous(state.customer_id):
-        return []
-    out: list[Increment] = []
-    if state.first_order_ms is not None:
-        day, ch = state.first_order_ms // DAY_MS, public_channel(state.channel, channels)
-        out += [(day, "k|b", 1), (day, f"k|b|{ch}", 1), (day, f"k|rev|{ch}", state.revenue_cents)]
-    if state.second_order_ms is not None:
-        out.append((state.second_order_ms // DAY_MS, "k|rp", 1))
-    week = week_of(state.first_seen_ms)
-    out += [(None, f"k|r|{week}|{k}", 1) for k in RETENTION_WEEKS if state.active_weeks >> k & 1]
-    return out
+    return standing_of(standing_inputs(state), channels)
 
 
 def difference(before: Sequence[Increment], after: Sequence[Increment]) -> dict[tuple[int | None, str], int]:

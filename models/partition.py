@@ -277,7 +277,7 @@ def process(
         if facts.type is AlertType.DROP_OFF:
             add_kpis(kpis.churn_increments(facts.customer_id, facts.stage, journey, opened=opened, at_ms=at_ms))
         if facts.type is AlertType.DROP_OFF and opened:
-            add_gap(at_ms // 86_400_000, f"d|{facts.stage}", state)
+            add_gap(at_ms // 86_400_000, f"d|{facts.stage}", segments(state))
             for name, n in drop_off_increments(facts.stage, state.revenue_cents).items():
                 add_value(name, n, state)
 
@@ -296,18 +296,26 @@ def process(
         for segment in segments(state):
             effect.count(f"{segment}|{name}", n)
 
+    segment_names: dict[tuple[str | None, int], tuple[str, str]] = {}
+
     def segments(state: JourneyState) -> tuple[str, str]:
-        return (f"ch:{public_channel(state.channel, rules.channels)}", f"co:{kpis.week_of(state.first_seen_ms)}")
+        key = (state.channel, kpis.week_of(state.first_seen_ms))
+        names = segment_names.get(key)
+        if names is None:
+            names = segment_names[key] = gaps.segments(public_channel(key[0], rules.channels), key[1])
+        return names
 
     def settled(examples: list[propensity.Example]) -> None:
         if examples:
             effect.examples += examples
             effect.count("predictions_pending", -len(examples))
 
-    def add_gap(day: int, name: str, state: JourneyState) -> None:
-        """A gap counter, overall and for the customer's acquisition channel and cohort."""
+    def add_gap(day: int, name: str, segs: tuple[str, str]) -> None:
+        """A gap counter, for the customer's acquisition channel and for their cohort (the whole is the
+        sum over channels: :func:`models.gaps.whole`)."""
         counts = effect.gaps.setdefault(day, {})
-        for field_ in (name, *(f"{segment}|{name}" for segment in segments(state))):
+        for segment in segs:
+            field_ = f"{segment}|{name}"
             counts[field_] = counts.get(field_, 0) + 1
 
     def fire_until(watermark: int, limit: int) -> None:
@@ -378,7 +386,7 @@ def process(
             if outcome is Outcome.FORWARDED:
                 touch(marker)
         else:
-            outcome = _apply(event, rules, states, erased_now, effect, alert, add_gap, add_kpis, add_value,
+            outcome = _apply(event, rules, states, erased_now, effect, alert, add_gap, add_kpis, add_value, segments,
                              watermark_ms=new_wm if raised else new_clock.watermark_ms)
         effect.outcomes.append(outcome)
         if outcome is Outcome.APPLIED:
@@ -407,9 +415,10 @@ def _apply(
     erased: dict[str, int],
     effect: Effect,
     alert: Callable[[AlertFacts, JourneyState], None],
-    add_gap: Callable[[int, str, JourneyState], None],
+    add_gap: Callable[[int, str, tuple[str, str]], None],
     add_kpis: Callable[[Mapping[tuple[int | None, str], int]], None],
     add_value: Callable[[str, int, JourneyState], None],
+    segments: Callable[[JourneyState], tuple[str, str]],
     *,
     watermark_ms: int,
 ) -> Outcome:
@@ -423,7 +432,7 @@ def _apply(
     rank_before = journey.rank_of(before.stage) if before is not None else -1
     stage_before = before.stage if before is not None else None
     first_seen_before = before.first_seen_ms if before is not None else None
-    standing_before = kpis.standing(before, rules.channels)
+    standing_before = kpis.standing_inputs(before)
     state, outcome = apply_event(before, event, journey, rules.limits)
     if outcome is not Outcome.APPLIED:
         return outcome
@@ -434,7 +443,10 @@ def _apply(
     if state.exposures:
         uplift.observe(state, ts, journey.rank_of(journey.stage_of(event.touchpoint)),
                        -cents if role == "refund" else cents, rules.uplift_window_ms)
-    add_kpis(kpis.difference(standing_before, kpis.standing(state, rules.channels)))
+    standing_after = kpis.standing_inputs(state)
+    if standing_after != standing_before:  # most events change nothing a KPI counts
+        add_kpis(kpis.difference(kpis.standing_of(standing_before, rules.channels),
+                                 kpis.standing_of(standing_after, rules.channels)))
     survey = journey.surveys.get(event.touchpoint)
     if survey is not None and not is_anonymous(cid):
         score = int((event.properties or {})["score"])
@@ -449,8 +461,11 @@ def _apply(
         if stage_before is not None:
             effect.count(funnel_counter(cid, stage_before), -1)
         effect.count(funnel_counter(cid, state.stage))
-    for day, name in gaps.event_increments(state, event.touchpoint, ts, journey, rank_before=rank_before):
-        add_gap(day, name, state)
+    increments = gaps.event_increments(state, event.touchpoint, ts, journey, rank_before=rank_before)
+    if increments:
+        segs = segments(state)
+        for day, name in increments:
+            add_gap(day, name, segs)
     if role == "order":
         effect.orders[cid] = order_summary(state)
         touches = [t for t in state.path if t[1] not in journey.value_roles and t[1] not in journey.surveys]

@@ -183,6 +183,14 @@ class Settings(BaseSettings):
             raise ValueError("must be non-empty and without { or } (it is part of Redis Cluster hash tags)")
         return value
 
+    @field_validator("channels_list")
+    @classmethod
+    def _channels(cls, value: str) -> str:
+        for name in filter(None, (c.strip() for c in value.split(","))):
+            if "|" in name or name in ("other", "(none)"):
+                raise ValueError(f"{name!r}: a channel name cannot contain | and cannot be 'other' or '(none)'")
+        return value
+
     @field_validator("holdout")
     @classmethod
     def _holdout(cls, value: str) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from models import kpis, uplift
+from models import gaps, kpis, uplift
 from models.alerts import AlertFacts, AlertStatus, AlertType, alert_id
 from models.durations import DAY_MS, iso
 from models.events import anonymous_profile, customer_id_problem, external_id, is_anonymous
@@ -132,19 +132,18 @@ def segment_prefix(channel: str | None, cohort: str | None) -> tuple[str, dict[s
     if channel is not None and cohort is not None:
         raise SegmentError("give channel or cohort, not both (the counters are kept per channel and per cohort)")
     if channel is not None:
-        return f"ch:{channel}|", {"channel": channel}
+        return f"{gaps.CHANNEL_SEGMENT}{channel}", {"channel": channel}
     if cohort is not None:
         week = kpis.parse_week(cohort)
         if week is None:
             raise SegmentError(f"cohort must be an ISO week (2026-W47) or a date in it (2026-11-18), got {cohort!r}")
-        return f"co:{week}|", {"cohort": kpis.week_label(week)}
+        return f"{gaps.COHORT_SEGMENT}{week}", {"cohort": kpis.week_label(week)}
     return "", {}
 
 
 def _segment(counts: dict[str, int], prefix: str) -> dict[str, int]:
-    if not prefix:
-        return counts
-    return {k[len(prefix):]: v for k, v in counts.items() if k.startswith(prefix)}
+    """Value totals of a segment (they are also kept whole)."""
+    return gaps.segment(counts, prefix) if prefix else counts
 
 
 async def gaps_view(
@@ -158,7 +157,8 @@ async def gaps_view(
     if as_of_ms is None:
         return {"window_days": days, "as_of": None, **segment, **gap_report(journey, {})}
     last = as_of_ms // DAY_MS
-    counts = _segment(await queries.gap_counts(last - days + 1, last), prefix)
+    counts = await queries.gap_counts(last - days + 1, last)
+    counts = gaps.segment(counts, prefix) if prefix else gaps.whole(counts)  # gap counters are kept per segment
     return {"window_days": days, "as_of": iso(as_of_ms), **segment, **gap_report(journey, counts)}
 
 
