@@ -159,15 +159,9 @@ def decode_event(
     >>> decode_event(b'{"event_id":"e1","touchpoint":"signup","timestamp":0}', touchpoints={"signup"}, now_ms=0)
     Invalid(reason=<Reason.MISSING_FIELD: 'missing_field'>, detail='missing customer_id or anonymous_id (at least one)')
     """
-    if len(raw) > max_payload_bytes:
-        return Invalid(Reason.PAYLOAD_TOO_LARGE, f"{len(raw)} bytes, limit is {max_payload_bytes}")
-    try:
-        doc = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        return Invalid(Reason.UNDECODABLE, f"not UTF-8 JSON: {exc}")
-    if not isinstance(doc, dict):
-        return Invalid(Reason.NOT_AN_OBJECT, f"expected a JSON object, got {type(doc).__name__}")
-
+    doc = json_object(raw, max_payload_bytes)
+    if isinstance(doc, Invalid):
+        return doc
     for name in ("event_id", "touchpoint", "timestamp"):
         if name not in doc or doc[name] is None:
             return Invalid(Reason.MISSING_FIELD, f"missing required field {name!r}")
@@ -212,6 +206,25 @@ def decode_event(
         return Invalid(Reason.WRONG_TYPE, f"properties must be an object, got {type(properties).__name__}")
     return TouchpointEvent(event_id, customer_id, touchpoint, ts_ms, channel, value, currency, properties,
                            anonymous_id)
+
+
+def json_object(raw: bytes, max_payload_bytes: int) -> dict[str, Any] | Invalid:
+    """A message value as a JSON object, or why not (too large, not UTF-8 JSON, not an object).
+
+    Examples
+    --------
+    >>> json_object(b'[1]', 100).reason, json_object(b'{"a": 1}', 100)
+    (<Reason.NOT_AN_OBJECT: 'not_an_object'>, {'a': 1})
+    """
+    if len(raw) > max_payload_bytes:
+        return Invalid(Reason.PAYLOAD_TOO_LARGE, f"{len(raw)} bytes, limit is {max_payload_bytes}")
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        return Invalid(Reason.UNDECODABLE, f"not UTF-8 JSON: {exc}")
+    if not isinstance(doc, dict):
+        return Invalid(Reason.NOT_AN_OBJECT, f"expected a JSON object, got {type(doc).__name__}")
+    return doc
 
 
 def encode_event(event: TouchpointEvent, *, customer_id: str | None = None) -> bytes:

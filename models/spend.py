@@ -16,7 +16,7 @@ from datetime import date
 import orjson
 
 from models.durations import DAY_MS
-from models.events import MAX_EPOCH_MS, Invalid, Reason, TouchpointEvent, customer_id_problem
+from models.events import MAX_EPOCH_MS, Invalid, Reason, TouchpointEvent, customer_id_problem, json_object
 from models.value import DEFAULT_MAX_VALUE, check_money
 
 _DAY = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
@@ -159,14 +159,9 @@ def decode_spend(
     """
     if raw is None:
         return Invalid(Reason.UNDECODABLE, "empty message (null value)")
-    if len(raw) > max_payload_bytes:
-        return Invalid(Reason.PAYLOAD_TOO_LARGE, f"{len(raw)} bytes, limit is {max_payload_bytes}")
-    try:
-        doc = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        return Invalid(Reason.UNDECODABLE, f"not UTF-8 JSON: {exc}")
-    if not isinstance(doc, dict):
-        return Invalid(Reason.NOT_AN_OBJECT, f"expected a JSON object, got {type(doc).__name__}")
+    doc = json_object(raw, max_payload_bytes)
+    if isinstance(doc, Invalid):
+        return doc
 
     day_text = doc["day"] if "day" in doc else doc.get("date")
     for name, field in (("channel", doc.get("channel")), ("day", day_text), ("amount", doc.get("amount"))):

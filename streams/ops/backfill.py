@@ -55,17 +55,20 @@ class Summary:
     dead_lettered: Counter[str] = field(default_factory=Counter)
 
 
+def open_input(path: str, error: type[Exception]) -> IO[str]:
+    """A text file to read lines from (``-``: standard input), bytes that are not UTF-8 kept as they are
+    (the worker dead-letters them); ``error`` with a one-line message when it cannot be opened."""
+    if path == "-":
+        return io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", errors="surrogateescape")
+    try:
+        return Path(path).open(encoding="utf-8", errors="surrogateescape", newline="")  # noqa: SIM115
+    except OSError as exc:
+        raise error(f"cannot read {path}: {exc.strerror or exc}") from None
+
+
 def read_lines(path: str) -> Iterator[Line]:
     """The events of a JSON-lines or CSV file (``-``: standard input), keyed by customer id."""
-    stream: IO[str]
-    if path == "-":
-        stream = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", errors="surrogateescape")
-    else:
-        try:
-            stream = Path(path).open(encoding="utf-8", errors="surrogateescape", newline="")  # noqa: SIM115
-        except OSError as exc:
-            raise BackfillError(f"cannot read {path}: {exc.strerror or exc}") from None
-    with stream:
+    with open_input(path, BackfillError) as stream:
         first = stream.readline()
         if not first:
             return

@@ -9,18 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import csv
-import io
-import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import IO, Any
 
 import orjson
 
 from models.events import Invalid
 from models.spend import Spend
+from streams.ops.backfill import open_input
 from streams.service.handler import Limits
 from streams.service.spend import check_spend
 
@@ -51,15 +49,7 @@ class Checked:
 
 def read_lines(path: str) -> Iterator[Line]:
     """The messages of a CSV file with a header row, or of a JSON-lines file (``-``: standard input)."""
-    stream: IO[str]
-    if path == "-":
-        stream = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", errors="surrogateescape")
-    else:
-        try:
-            stream = Path(path).open(encoding="utf-8", errors="surrogateescape", newline="")  # noqa: SIM115
-        except OSError as exc:
-            raise SpendImportError(f"cannot read {path}: {exc.strerror or exc}") from None
-    with stream:
+    with open_input(path, SpendImportError) as stream:
         first = stream.readline()
         if not first:
             return
