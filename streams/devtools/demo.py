@@ -96,8 +96,10 @@ def run_demo(
         seed = seed if seed is not None else random.SystemRandom().randrange(1_000_000)
         # 90 days of history, so that most scoring points reach the end of their horizon (labels)
         # half of them browse anonymously until signup: the demo shows their journeys stitched
+        # customers of this run only (c<seed>-000042): a second run adds customers instead of sending
+        # 90-day-old events to the first run's customers (refused as too late by their dedupe window)
         truth, records = simulate(customers, seed=seed, now_ms=int(time.time() * 1000), days=90, anonymous_share=0.5,
-                                  survey_share=0.3)
+                                  survey_share=0.3, id_prefix=f"c{seed}-")
         say(f"== simulating {customers} customers at {rate:.0f} events/s (seed {seed})")
         outcome: dict[str, PublishSummary | BaseException] = {}
         stop = threading.Event()
@@ -155,7 +157,7 @@ def run_demo(
                 f"log loss {fmt(model['log_loss'])}; {model['predictions_pending']} predictions wait for labels "
                 f"(curl {base}/model)"
             )
-        example = next((c.customer_id for c in truth if c.touchpoints), "c000001")
+        example = next((c.customer_id for c in truth if c.touchpoints), truth[0].customer_id)
         say(f"== look a customer up: curl {base}/customers/{example}")
         stitched = next((c for c in truth if c.linked and len(c.devices) == 2), None)
         if stitched is not None:

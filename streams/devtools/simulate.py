@@ -429,7 +429,7 @@ def _malformed(kind: str, doc: dict[str, Any], rng: random.Random, now_ms: int, 
     if kind == "missing_event_id":
         del bad["event_id"]
     elif kind == "customer_id_number":
-        bad["customer_id"] = int(bad["customer_id"].lstrip("c") or 0)
+        bad["customer_id"] = int("".join(ch for ch in bad["customer_id"] if ch.isdigit()) or 0)
     elif kind == "unknown_touchpoint":
         bad["touchpoint"] = rng.choice(UNKNOWN_TOUCHPOINTS)
     elif kind == "negative_value":
@@ -470,6 +470,7 @@ def simulate(
     anonymous_share: float = 0.0,
     two_device_share: float = 0.25,
     survey_share: float = 0.0,
+    id_prefix: str = "c",
 ) -> tuple[list[SimCustomer], Iterator[SimRecord]]:
     """Plan ``customers`` journeys and return their ground truth and the records to publish.
 
@@ -496,6 +497,9 @@ def simulate(
         Share of buyers who answer an NPS survey (``nps_survey``, ``properties.score`` 0-10) one to
         five days after their first purchase, and of onboarded customers who answer a CSAT survey
         (``csat_survey``, 1-5) after onboarding. Happier scores for repeat buyers and reviewers.
+    id_prefix
+        Customer ids are this and a zero-padded number (``c000042``); another prefix gives other
+        customers (the demo uses one per run, so a second run does not replay into the first's).
 
     Returns
     -------
@@ -529,7 +533,7 @@ def simulate(
     gc.disable()
     try:
         for idx in range(customers):
-            cid = f"c{idx:0{width}d}"
+            cid = f"{id_prefix}{idx:0{width}d}"
             start = now_ms - span + int(rng.random() * (span + 1))
             platforms.append(_pick(rng.random, _PLATFORM_DIST))
             truth.append(_plan_customer(rng, idx, cid, start, now_ms, upsell_signal, plan))
